@@ -1,0 +1,372 @@
+"""Typed configuration: ``ZE_WORKER_*`` environment + the JSON(C) file → frozen attrs objects.
+
+Nothing here reads ``os.environ``: :mod:`zephyr_edge.cli` passes the environment in.
+Every string value is converted and validated by one cattrs converter; every problem is
+collected and reported at once as a :class:`ConfigError`.
+
+A field's key is ``ZE_WORKER_`` + its prefix + its upper-cased name, unless its metadata
+gives ``key``. Field metadata ``secret=True`` redacts the value in ``zephyr-edge config``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NewType
+from urllib.parse import urlsplit
+
+import attrs
+import cattrs
+
+from zephyr_edge.errors import ConfigError
+
+KEY_PREFIX = "ZE_WORKER_"
+CONFIG_FILE_KEY = "ZE_WORKER_CONFIG_JSON"
+
+Port = NewType("Port", int)
+Url = NewType("Url", str)
+Delimiter = NewType("Delimiter", str)
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+_DELIMITERS = ("-", ".", "_")
+
+
+class LogLevel(enum.Enum):
+    TRACE = "trace"
+    DEBUG = "debug"
+    INFO = "info"
+    WARN = "warn"
+    ERROR = "error"
+    FATAL = "fatal"
+
+
+def secret(default: Any = attrs.NOTHING, **kw: Any) -> Any:
+    """An attrs field whose value is never printed."""
+    return attrs.field(default=default, metadata={"secret": True, **kw.pop("metadata", {})}, **kw)
+
+
+def key_of(field: attrs.Attribute, prefix: str = "") -> str:
+    """The ``ZE_WORKER_*`` key of ``field`` (with its options prefix)."""
+    if "key" in field.metadata:
+        return field.metadata["key"]
+    return KEY_PREFIX + (f"{prefix}_" if prefix else "") + field.name.upper()
+
+
+@attrs.frozen
+class WorkerConfig:
+    """The core worker settings (Zephyr's documented keys plus ours)."""
+
+    jwt_secret: str = secret()
+    port: Port = Port(8080)
+    listen_host: str = "0.0.0.0"
+    log_level: LogLevel = LogLevel.INFO
+    delimiter: Delimiter = Delimiter("-")
+    redis_prefix_envs: str = "{ze-k8s-worker}:envs:"
+    redis_prefix_snapshots: str = "{ze-k8s-worker}:snapshots:"
+    replica_name: str = ""
+    replicas_urls: tuple[Url, ...] = ()
+    storage_backend: str = "s3"
+    kv_backend: str = "redis"
+    data_dir: str = "zephyr-edge-data"
+    shutdown_grace_ms: int = 20000
+    readiness_timeout_ms: int = 2000
+    readiness_write_check_interval_ms: int = 60000
+
+
+@attrs.frozen
+class BackendChoice:
+    """A selected backend: its name, class and structured options."""
+
+    name: str
+    cls: type
+    options: Any
+
+
+@attrs.frozen
+class Config:
+    """Everything the worker runs on, with where each value came from."""
+
+    worker: WorkerConfig
+    storage: BackendChoice
+    kv: BackendChoice
+    #: key -> "file" | "env" | "default", for every key of the selected backends and core
+    sources: Mapping[str, str]
+    #: human-readable warnings (unknown keys...) to log at start
+    warnings: tuple[str, ...] = ()
+
+
+# --- conversion -------------------------------------------------------------------------
+
+
+def _to_bool(value: Any, _: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"expected a boolean (true/false/1/0/yes/no), got {value!r}")
+
+
+def _to_int(value: Any, _: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)
+    raise ValueError(f"expected an integer, got {value!r}")
+
+
+def _to_float(value: Any, _: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        raise ValueError(f"expected a number, got {value!r}") from None
+
+
+def _to_str(value: Any, _: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"expected a string, got {value!r}")
+
+
+def _to_port(value: Any, _: Any) -> Port:
+    port = _to_int(value, int)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"expected a port number between 1 and 65535, got {value!r}")
+    return Port(port)
+
+
+def _to_url(value: Any, _: Any) -> Url:
+    text = _to_str(value, str).strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}")
+    return Url(text.rstrip("/"))
+
+
+def _to_delimiter(value: Any, _: Any) -> Delimiter:
+    text = _to_str(value, str)
+    if text not in _DELIMITERS:
+        raise ValueError(f"expected one of {', '.join(repr(d) for d in _DELIMITERS)}, got {value!r}")
+    return Delimiter(text)
+
+
+def _to_log_level(value: Any, _: Any) -> LogLevel:
+    text = _to_str(value, str).strip().lower()
+    text = {"warning": "warn", "critical": "fatal"}.get(text, text)
+    try:
+        return LogLevel(text)
+    except ValueError:
+        names = ", ".join(level.value for level in LogLevel)
+        raise ValueError(f"expected one of {names}, got {value!r}") from None
+
+
+def _to_url_tuple(value: Any, _: Any) -> tuple[Url, ...]:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"expected a JSON array of URLs: {exc.msg} at column {exc.colno}") from None
+        else:
+            value = [part for part in (p.strip() for p in text.split(",")) if part]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"expected a JSON array or a comma-separated list of URLs, got {value!r}")
+    return tuple(_to_url(item, Url) for item in value)
+
+
+def make_converter() -> cattrs.Converter:
+    """The converter for configuration values (strings from env/file → typed values)."""
+    conv = cattrs.Converter()
+    conv.register_structure_hook(bool, _to_bool)
+    conv.register_structure_hook(int, _to_int)
+    conv.register_structure_hook(float, _to_float)
+    conv.register_structure_hook(str, _to_str)
+    conv.register_structure_hook(Port, _to_port)
+    conv.register_structure_hook(Url, _to_url)
+    conv.register_structure_hook(Delimiter, _to_delimiter)
+    conv.register_structure_hook(LogLevel, _to_log_level)
+    conv.register_structure_hook_func(lambda t: t == tuple[Url, ...], _to_url_tuple)
+    conv.register_unstructure_hook(LogLevel, lambda level: level.value)
+    return conv
+
+
+# --- sources ----------------------------------------------------------------------------
+
+
+def strip_jsonc(text: str) -> str:
+    """Remove ``//`` and ``/* */`` comments and trailing commas, outside strings."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i : j + 1])
+            i = j + 1
+        elif text.startswith("//", i):
+            while i < n and text[i] != "\n":
+                i += 1
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            # keep the newlines so that JSON error positions still match the file
+            chunk = text[i : (n if end < 0 else end + 2)]
+            out.append("\n" * chunk.count("\n"))
+            i = n if end < 0 else end + 2
+        else:
+            out.append(ch)
+            i += 1
+    return re.sub(r',(\s*[}\]])', r" \1", "".join(out))
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Parse the JSON(C) config file; every failure is a :class:`ConfigError`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{CONFIG_FILE_KEY}: cannot read {path}: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{CONFIG_FILE_KEY}: {path} is not UTF-8 text"]) from exc
+    try:
+        data = json.loads(strip_jsonc(text))
+    except json.JSONDecodeError as exc:
+        raise ConfigError([f"{CONFIG_FILE_KEY}: {path}: invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError([f"{CONFIG_FILE_KEY}: {path}: expected a JSON object of ZE_WORKER_* keys"])
+    return data
+
+
+def gather(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    """Every ``ZE_WORKER_*`` value with its source; the file's values beat the environment's."""
+    raw: dict[str, tuple[Any, str]] = {
+        k: (v, "env") for k, v in environ.items() if k.startswith(KEY_PREFIX) and k != CONFIG_FILE_KEY
+    }
+    path = environ.get(CONFIG_FILE_KEY, "").strip()
+    if path:
+        for key, value in read_config_file(path).items():
+            raw[str(key)] = (value, "file")
+    return raw
+
+
+# --- structuring ------------------------------------------------------------------------
+
+
+def _structure(
+    cls: type, prefix: str, raw: Mapping[str, tuple[Any, str]], conv: cattrs.Converter,
+    problems: list[str], sources: dict[str, str],
+) -> Any:
+    """Build ``cls`` from ``raw``, appending every problem to ``problems``."""
+    values: dict[str, Any] = {}
+    before = len(problems)
+    for field in attrs.fields(attrs.resolve_types(cls)):
+        key = key_of(field, prefix)
+        if key not in raw or (raw[key][0] == "" and field.default is attrs.NOTHING):
+            if field.default is attrs.NOTHING:
+                problems.append(f"{key} is required but not set")
+            else:
+                sources[key] = "default"
+            continue
+        value, source = raw[key]
+        sources[key] = source
+        try:
+            values[field.name] = conv.structure(value, field.type)
+            if field.validator is not None:
+                field.validator(None, field, values[field.name])
+        except (ValueError, TypeError) as exc:
+            problems.append(f"{key}: {exc}")
+            values.pop(field.name, None)
+        except cattrs.BaseValidationError as exc:
+            problems.append(f"{key}: " + "; ".join(cattrs.transform_error(exc)))
+            values.pop(field.name, None)
+    if len(problems) > before:
+        return None
+    return cls(**values)
+
+
+def known_keys(cls: type | None, prefix: str) -> set[str]:
+    """The keys of an options class."""
+    return {key_of(f, prefix) for f in attrs.fields(cls)} if cls is not None else set()
+
+
+def _unknown_key_warnings(raw: Mapping[str, tuple[Any, str]], known: set[str], foreign_prefixes: set[str]) -> list[str]:
+    warnings = []
+    for key in sorted(raw):
+        if key in known or any(key.startswith(p) for p in foreign_prefixes):
+            continue
+        hint = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+        where = raw[key][1]
+        warnings.append(
+            f"unknown configuration key {key} (from {where})" + (f"; did you mean {hint[0]}?" if hint else "")
+        )
+    return warnings
+
+
+def load(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> Config:
+    """Build the :class:`Config` from an environment mapping (and CLI overrides, which win).
+
+    Raises :class:`ConfigError` listing every problem found.
+    """
+    from zephyr_edge import plugins
+
+    raw = gather(environ)
+    for key, value in (overrides or {}).items():
+        raw[key] = (value, "cli")
+    conv = make_converter()
+    problems: list[str] = []
+    sources: dict[str, str] = {}
+    worker = _structure(WorkerConfig, "", raw, conv, problems, sources)
+
+    chosen: dict[str, BackendChoice] = {}
+    known = known_keys(WorkerConfig, "")
+    for kind in ("storage", "kv"):
+        default = getattr(attrs.fields(WorkerConfig), f"{kind}_backend").default
+        name = raw.get(f"{KEY_PREFIX}{kind.upper()}_BACKEND", (default, ""))[0]
+        try:
+            cls = plugins.load(kind, str(name))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        known |= known_keys(cls.Options, cls.options_prefix)
+        options = _structure(cls.Options, cls.options_prefix, raw, conv, problems, sources) if cls.Options else None
+        chosen[kind] = BackendChoice(str(name), cls, options)
+
+    if problems or worker is None:
+        raise ConfigError(problems)
+    foreign = {
+        KEY_PREFIX + name.upper().replace("-", "_") + "_"
+        for kind in ("storage", "kv")
+        for name in plugins.installed(kind)
+    }
+    warnings = _unknown_key_warnings(raw, known, foreign)
+    return Config(worker, chosen["storage"], chosen["kv"], sources, tuple(warnings))
+
+
+def describe(config: Config) -> dict[str, dict[str, Any]]:
+    """Every effective key with its value (secrets redacted) and its source."""
+    conv = make_converter()
+    out: dict[str, dict[str, Any]] = {}
+    parts = [(config.worker, "")]
+    for choice in (config.storage, config.kv):
+        if choice.options is not None:
+            parts.append((choice.options, choice.cls.options_prefix))
+    for obj, prefix in parts:
+        for field in attrs.fields(type(obj)):
+            key = key_of(field, prefix)
+            value = conv.unstructure(getattr(obj, field.name))
+            if field.metadata.get("secret") and value not in ("", None):
+                value = "***"
+            out[key] = {"value": value, "source": config.sources.get(key, "default")}
+    return dict(sorted(out.items()))

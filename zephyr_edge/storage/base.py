@@ -1,0 +1,129 @@
+"""The storage SPI: where asset bytes live.
+
+A storage backend holds opaque objects under string keys. The core decides the keys
+(content hashes spread over folders) and does everything derived from the primitives
+below: hash checks, caching, hash lists, replication. A backend only moves bytes.
+
+Writing a backend: subclass :class:`Storage`, give it an ``Options`` attrs class (its
+configuration keys, read as ``ZE_WORKER_<PREFIX>_<FIELD>``), implement ``open`` and the
+abstract methods, register the class in the ``zephyr_edge.storage`` entry-point group, and
+run :mod:`zephyr_edge.storage.testing` against it. See ``backends.md``.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+
+if TYPE_CHECKING:
+    from zephyr_edge.config import WorkerConfig
+
+#: Size of the chunks backends should yield when streaming an object out.
+CHUNK_SIZE = 256 * 1024
+
+
+@attrs.frozen
+class ObjectInfo:
+    """Metadata of a stored object."""
+
+    size: int
+
+
+class Blob(abc.ABC):
+    """An object being read: its total size, the byte range served, and a chunk stream.
+
+    ``size`` is the size of the whole object; ``start``/``end`` (end exclusive) delimit the
+    bytes :meth:`chunks` yields (the whole object unless a range was asked for).
+    """
+
+    size: int
+    start: int
+    end: int
+
+    @abc.abstractmethod
+    def chunks(self) -> AsyncIterator[bytes]:
+        """Yield the bytes from ``start`` to ``end`` in order, in chunks of bounded size.
+
+        May be iterated once. Failures while streaming raise :class:`BackendError`.
+        """
+
+    async def read(self) -> bytes:
+        """All the selected bytes at once (for small objects only)."""
+        return b"".join([c async for c in self.chunks()])
+
+
+class Storage(abc.ABC):
+    """Contract of an asset store. Every method may raise
+    :class:`~zephyr_edge.errors.BackendUnavailable` (cannot reach the service) or
+    :class:`~zephyr_edge.errors.BackendError` (anything else), with the client library's
+    exception chained as the cause. No other exception type may escape.
+    """
+
+    #: attrs class of this backend's options, or None when it takes none.
+    Options: ClassVar[type | None] = None
+    #: Key prefix of the options: field ``bucket`` of prefix ``S3`` is ``ZE_WORKER_S3_BUCKET``.
+    options_prefix: ClassVar[str] = ""
+    #: Name used in logs and errors.
+    name: ClassVar[str] = "storage"
+
+    @classmethod
+    @abc.abstractmethod
+    def open(cls, options: Any, worker: WorkerConfig) -> contextlib.AbstractAsyncContextManager[Storage]:
+        """Build the clients from ``options`` and yield a ready backend; close them on exit.
+
+        Must not perform I/O that fails when the service is down: a worker starts (and
+        reports not-ready) while its backends are unreachable.
+        """
+
+    @abc.abstractmethod
+    async def put(self, key: str, chunks: AsyncIterator[bytes], size: int | None = None) -> None:
+        """Store the bytes yielded by ``chunks`` under ``key``, replacing any previous object.
+
+        Atomic: until ``put`` returns, readers see the previous object or none, never a
+        partial one; if ``chunks`` raises or the write fails, nothing new becomes visible and
+        the exception propagates (a backend error translated, the producer's own as is).
+        Streams: memory use is bounded by a part size, whatever the object's size. ``size``,
+        when given, is the exact number of bytes ``chunks`` will yield. Concurrent puts of
+        the same key are safe; one of them wins whole.
+        """
+
+    @abc.abstractmethod
+    async def get(self, key: str, start: int = 0, end: int | None = None) -> Blob:
+        """Open ``key`` for reading bytes ``start`` to ``end`` (exclusive; None = to the end).
+
+        Raises :class:`~zephyr_edge.errors.NotFound` when there is no such object. The
+        caller validates ranges against :meth:`head`; a backend may assume
+        ``0 <= start <= end <= size``.
+        """
+
+    @abc.abstractmethod
+    async def head(self, key: str) -> ObjectInfo | None:
+        """Metadata of ``key``, or None when there is no such object."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove ``key``. Deleting a missing key is not an error."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Cheap reachability check (the bucket or folder exists and answers).
+
+        Returns on success; raises BackendUnavailable/BackendError naming what is wrong.
+        Must not leak secrets in its message.
+        """
+
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` holds an object."""
+        return await self.head(key) is not None
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        """Convenience: store a small bytes object."""
+
+        async def one() -> AsyncIterator[bytes]:
+            yield data
+
+        await self.put(key, one(), len(data))

@@ -55,6 +55,17 @@ class Blob(abc.ABC):
         """All the selected bytes at once (for small objects only)."""
         return b"".join([c async for c in self.chunks()])
 
+    async def aclose(self) -> None:
+        """Release what the blob holds (pooled connection, open file) without reading the
+        rest; idempotent. Exhausting or closing :meth:`chunks` also releases it; a caller
+        that may not iterate (HEAD, early error) must call this, e.g. ``async with blob:``."""
+
+    async def __aenter__(self) -> Blob:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
 
 class Storage(abc.ABC):
     """Contract of an asset store. Every method may raise

@@ -115,7 +115,13 @@ class KV(abc.ABC):
     @abc.abstractmethod
     async def atomic(self, ops: Sequence[Op]) -> None:
         """Apply ``ops`` in order, all or nothing: no reader ever sees some applied and
-        others not, and a failure leaves none applied. All keys share one hash tag.
+        others not, and a failure to reach or to queue the write leaves none applied. All
+        keys share one hash tag.
+
+        An op that does not fit the type of its key (``SetAdd`` on a plain value) may fail
+        while the others are applied: Redis ``MULTI``/``EXEC`` does not roll back errors it
+        finds while executing. The core never mixes plain values and sets on one key, so its
+        batches never fail that way; backends need not (and Redis cannot) guard against it.
         """
 
     @abc.abstractmethod

@@ -8,6 +8,9 @@ import uuid
 
 import pytest
 
+# the conformance suites ship in the package: give their asserts pytest's full diffs
+pytest.register_assert_rewrite("zephyr_edge.kv.testing", "zephyr_edge.storage.testing")
+
 from tests.services import ENV_CLUSTER, ENV_REDIS, ENV_S3, MotoServer, RedisCluster, RedisServer, port_open
 
 

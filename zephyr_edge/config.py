@@ -46,7 +46,8 @@ class LogLevel(enum.Enum):
 
 
 def secret(default: Any = attrs.NOTHING, **kw: Any) -> Any:
-    """An attrs field whose value is never printed."""
+    """An attrs field whose value is never printed (nor shown in the class's repr)."""
+    kw.setdefault("repr", False)
     return attrs.field(default=default, metadata={"secret": True, **kw.pop("metadata", {})}, **kw)
 
 
@@ -55,6 +56,16 @@ def key_of(field: attrs.Attribute, prefix: str = "") -> str:
     if "key" in field.metadata:
         return field.metadata["key"]
     return KEY_PREFIX + (f"{prefix}_" if prefix else "") + field.name.upper()
+
+
+def _at_least(minimum: int) -> Any:
+    """An attrs validator: the value is an integer not below ``minimum``."""
+
+    def check(_instance: Any, _attribute: attrs.Attribute, value: int) -> None:
+        if value < minimum:
+            raise ValueError(f"expected an integer of at least {minimum}, got {value!r}")
+
+    return check
 
 
 @attrs.frozen
@@ -73,9 +84,9 @@ class WorkerConfig:
     storage_backend: str = "s3"
     kv_backend: str = "redis"
     data_dir: str = "zephyr-edge-data"
-    shutdown_grace_ms: int = 20000
-    readiness_timeout_ms: int = 2000
-    readiness_write_check_interval_ms: int = 60000
+    shutdown_grace_ms: int = attrs.field(default=20000, validator=_at_least(0))
+    readiness_timeout_ms: int = attrs.field(default=2000, validator=_at_least(1))
+    readiness_write_check_interval_ms: int = attrs.field(default=60000, validator=_at_least(100))
 
 
 @attrs.frozen
@@ -206,9 +217,14 @@ def make_converter() -> cattrs.Converter:
 
 
 def strip_jsonc(text: str) -> str:
-    """Remove ``//`` and ``/* */`` comments and trailing commas, outside strings."""
+    """Remove ``//`` and ``/* */`` comments and trailing commas, outside strings.
+
+    Removed characters become spaces (newlines are kept), so JSON error positions still
+    match the file.
+    """
     out: list[str] = []
     i, n = 0, len(text)
+    pending_comma = -1  # index in ``out`` of a comma that may turn out to be trailing
     while i < n:
         ch = text[i]
         if ch == '"':
@@ -216,20 +232,28 @@ def strip_jsonc(text: str) -> str:
             while j < n and text[j] != '"':
                 j += 2 if text[j] == "\\" else 1
             out.append(text[i : j + 1])
+            pending_comma = -1
             i = j + 1
         elif text.startswith("//", i):
-            while i < n and text[i] != "\n":
-                i += 1
+            end = text.find("\n", i)
+            end = n if end < 0 else end
+            out.append(" " * (end - i))
+            i = end
         elif text.startswith("/*", i):
             end = text.find("*/", i + 2)
-            # keep the newlines so that JSON error positions still match the file
-            chunk = text[i : (n if end < 0 else end + 2)]
-            out.append("\n" * chunk.count("\n"))
-            i = n if end < 0 else end + 2
+            end = n if end < 0 else end + 2
+            out.append(re.sub(r"[^\n]", " ", text[i:end]))
+            i = end
         else:
+            if ch in "}]" and pending_comma >= 0:
+                out[pending_comma] = " "
+            if ch == ",":
+                pending_comma = len(out)
+            elif not ch.isspace():
+                pending_comma = -1
             out.append(ch)
             i += 1
-    return re.sub(r',(\s*[}\]])', r" \1", "".join(out))
+    return "".join(out)
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -301,10 +325,26 @@ def known_keys(cls: type | None, prefix: str) -> set[str]:
     return {key_of(f, prefix) for f in attrs.fields(cls)} if cls is not None else set()
 
 
-def _unknown_key_warnings(raw: Mapping[str, tuple[Any, str]], known: set[str], foreign_prefixes: set[str]) -> list[str]:
+def _backend_prefix(name: str) -> str:
+    return KEY_PREFIX + name.upper().replace("-", "_") + "_"
+
+
+def _unknown_key_warnings(
+    raw: Mapping[str, tuple[Any, str]], known: set[str], foreign_prefixes: set[str], own_prefixes: set[str]
+) -> list[str]:
+    """Warnings for keys nobody reads, with a did-you-mean hint.
+
+    A key under the prefix of an installed but unselected backend is not warned about (one
+    file may serve several setups), unless a selected backend's prefix claims it at least
+    as specifically: a typo in a key of a selected backend must not pass silently.
+    """
     warnings = []
     for key in sorted(raw):
-        if key in known or any(key.startswith(p) for p in foreign_prefixes):
+        if key in known:
+            continue
+        foreign = max((len(p) for p in foreign_prefixes if key.startswith(p)), default=0)
+        own = max((len(p) for p in own_prefixes if key.startswith(p)), default=0)
+        if foreign > own:
             continue
         hint = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
         where = raw[key][1]
@@ -345,12 +385,18 @@ def load(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None)
 
     if problems or worker is None:
         raise ConfigError(problems)
+    own = set()
+    for choice in chosen.values():
+        own.add(_backend_prefix(choice.name))
+        if choice.cls.options_prefix:
+            own.add(_backend_prefix(choice.cls.options_prefix))
     foreign = {
-        KEY_PREFIX + name.upper().replace("-", "_") + "_"
+        _backend_prefix(name)
         for kind in ("storage", "kv")
         for name in plugins.installed(kind)
+        if name != chosen[kind].name
     }
-    warnings = _unknown_key_warnings(raw, known, foreign)
+    warnings = _unknown_key_warnings(raw, known, foreign - own, own)
     return Config(worker, chosen["storage"], chosen["kv"], sources, tuple(warnings))
 
 

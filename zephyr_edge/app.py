@@ -1,0 +1,132 @@
+"""The aiohttp application: typed keys, backend lifetimes, error mapping, routes.
+
+:func:`make_app` builds everything from a typed :class:`~zephyr_edge.config.Config` and
+never reads the environment, so tests build apps directly.
+
+Extension points:
+
+- a feature module exposes ``setup(app)`` adding its routes (and, if it needs one, its own
+  cleanup context) and is listed in :data:`FEATURES`; order matters for routes, so the
+  data path goes after ``health`` and serving's catch-all route goes last (next issue:
+  ``upload.setup``, then ``serve.setup``);
+- errors: raise a :mod:`zephyr_edge.errors` exception anywhere below a handler;
+  :func:`error_middleware` is the one place they become HTTP answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from zephyr_edge import health, redaction
+from zephyr_edge.config import Config
+from zephyr_edge.errors import BackendError, BackendUnavailable, BadRequest, ZephyrError
+from zephyr_edge.keys import CONFIG_KEY, KV_KEY, READINESS_KEY, REDACTOR_KEY, STORAGE_KEY
+
+__all__ = [
+    "CONFIG_KEY", "FEATURES", "KV_KEY", "READINESS_KEY", "REDACTOR_KEY", "RETRY_AFTER_S",
+    "STORAGE_KEY", "error_middleware", "error_response", "make_app",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``Retry-After`` (seconds) of a 503 caused by an unreachable backend.
+RETRY_AFTER_S = 5
+#: The message of every 500 answer; details go to the log only.
+INTERNAL_MESSAGE = "internal server error"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Feature modules' ``setup(app)`` functions, in route order (see the module docstring).
+FEATURES: tuple[Callable[[web.Application], None], ...] = (health.setup,)
+
+
+def make_app(config: Config) -> web.Application:
+    """A ready-to-run application for ``config`` (backends open when the app starts)."""
+    app = web.Application(middlewares=[error_middleware])
+    app[CONFIG_KEY] = config
+    app[REDACTOR_KEY] = redaction.for_config(config)
+    app.cleanup_ctx.append(backends_ctx)
+    for setup in FEATURES:
+        setup(app)
+    return app
+
+
+async def backends_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the selected storage and KV backends for the app's lifetime, close them after.
+
+    Backends do no failing I/O when opened, so a worker whose services are down still
+    starts (and reports not-ready until they come back).
+    """
+    config = app[CONFIG_KEY]
+    async with contextlib.AsyncExitStack() as stack:
+        app[STORAGE_KEY] = await stack.enter_async_context(
+            config.storage.cls.open(config.storage.options, config.worker)
+        )
+        app[KV_KEY] = await stack.enter_async_context(config.kv.cls.open(config.kv.options, config.worker))
+        log.info(
+            "Backends opened",
+            extra={"fields": {"storage.backend": config.storage.name, "kv.backend": config.kv.name}},
+        )
+        yield
+        log.info("Closing backends")
+
+
+def error_response(exc: ZephyrError, redactor: redaction.Redactor | None = None) -> web.Response:
+    """The JSON answer ``{"error": code, "message": ...}`` for a worker error.
+
+    Server-side failures (status 500 and up, except an unreachable backend, whose message
+    names the backend and says it cannot be reached) answer a generic message.
+    """
+    status = exc.status
+    headers: dict[str, str] = {"Cache-Control": "no-store"}
+    message = str(exc)
+    if isinstance(exc, BackendUnavailable):
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+        message = f"{exc.backend} backend unavailable, retry later"
+    elif isinstance(exc, BackendError) or status >= 500:
+        status, message = 500, INTERNAL_MESSAGE
+    body: dict[str, object] = {"error": exc.code, "message": redactor.text(message) if redactor else message}
+    if isinstance(exc, BadRequest):
+        body["field"] = exc.field
+    return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn :mod:`zephyr_edge.errors` exceptions into JSON answers; hide everything else.
+
+    aiohttp's own ``HTTPException`` answers pass through unchanged. A handler that has
+    already started streaming a body must handle its own errors (an answer can no longer
+    be replaced then).
+    """
+    redactor = request.app[REDACTOR_KEY]
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except ConnectionResetError:
+        raise  # the client went away: nothing to answer
+    except ZephyrError as exc:
+        fields = {"http.method": request.method, "http.path": request.path, "error.code": exc.code}
+        if isinstance(exc, BackendUnavailable):
+            log.warning("Backend unavailable: %s", exc, extra={"fields": fields})
+        elif isinstance(exc, BackendError) or exc.status >= 500:
+            log.error("Request failed: %s", exc, exc_info=exc, extra={"fields": fields})
+        else:
+            log.debug("Request refused: %s", exc, extra={"fields": fields})
+        return error_response(exc, redactor)
+    except Exception as exc:
+        log.error(
+            "Unhandled error",
+            exc_info=exc,
+            extra={"fields": {"http.method": request.method, "http.path": request.path}},
+        )
+        return web.json_response(
+            {"error": ZephyrError.code, "message": INTERNAL_MESSAGE},
+            status=500,
+            headers={"Cache-Control": "no-store"},
+        )

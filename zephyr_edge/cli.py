@@ -1,0 +1,87 @@
+"""The ``zephyr-edge`` console script: the only module reading ``os.environ`` and argv.
+
+    zephyr-edge serve                      run the worker (configuration from ZE_WORKER_*)
+    zephyr-edge dev [--port N] [--app U]   zero-setup local worker, prints a write token
+    zephyr-edge token --app U [--ttl 1h]   mint a can_write_jwt with the configured secret
+    zephyr-edge config                     print the effective configuration as JSON
+
+Configuration problems exit with status 2 and one message on stderr listing all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from zephyr_edge import __version__, commands, devmode, tokens
+
+
+def _ttl(text: str) -> int:
+    try:
+        return tokens.parse_ttl(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``zephyr-edge``."""
+    parser = argparse.ArgumentParser(
+        prog="zephyr-edge",
+        description="Self-hostable edge worker for Zephyr micro-frontend deployments. "
+        "Configured by ZE_WORKER_* environment variables and the JSON file named by "
+        "ZE_WORKER_CONFIG_JSON (whose values win).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("serve", help="run the worker")
+
+    dev = sub.add_parser(
+        "dev",
+        help="run a zero-setup local worker (local storage and KV, generated secret)",
+        description="Local storage and KV under ./zephyr-edge-data (or ZE_WORKER_DATA_DIR), "
+        "listening on 127.0.0.1, with a JWT secret generated once and kept in the data "
+        "directory; prints the URL and a ready write token. Anything set in the environment "
+        "or the config file wins.",
+    )
+    dev.add_argument("--port", type=int, help="HTTP port (default: ZE_WORKER_PORT or 8080)")
+    dev.add_argument(
+        "--app", default=devmode.DEV_APP_UID, metavar="APPLICATION_UID",
+        help=f"application of the printed write token (default: {devmode.DEV_APP_UID})",
+    )
+
+    token = sub.add_parser("token", help="print a can_write_jwt for an application")
+    token.add_argument("--app", required=True, metavar="APPLICATION_UID", help="the token's application_uid")
+    token.add_argument(
+        "--ttl", type=_ttl, default=tokens.DEFAULT_TTL_S, metavar="LIFETIME",
+        help="lifetime: seconds or 30m, 1h, 7d (default: 1h)",
+    )
+    token.add_argument(
+        "--data-dir", metavar="DIR",
+        help="data directory of `zephyr-edge dev`, whose persisted secret is used when "
+        "ZE_WORKER_JWT_SECRET is not set (default: ZE_WORKER_DATA_DIR or ./zephyr-edge-data)",
+    )
+
+    sub.add_parser("config", help="print the effective configuration as JSON (secrets redacted)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``zephyr-edge`` console script."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    environ = dict(os.environ)
+    if args.command == "serve":
+        code = commands.serve(environ)
+    elif args.command == "dev":
+        code = commands.dev(environ, port=args.port, app_uid=args.app)
+    elif args.command == "token":
+        code = commands.token(environ, args.app, args.ttl, args.data_dir)
+    else:
+        code = commands.show_config(environ)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,6 +33,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(20000, 45000)
+        if not port_open(port) and not port_open(port + 10000):
+            try:
+                for p in (port, port + 10000):
+                    with socket.socket() as s:
+                        s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -143,7 +160,7 @@ class RedisCluster:
 
     def __init__(self, masters: int = 3):
         self.workdir = tempfile.mkdtemp(prefix="ze-redis-cluster-")
-        self.nodes = [RedisServer(free_port(), self.workdir, cluster=True) for _ in range(masters)]
+        self.nodes = [RedisServer(free_cluster_port(), self.workdir, cluster=True) for _ in range(masters)]
 
     @property
     def startup_nodes(self) -> list[tuple[str, int]]:
@@ -179,22 +196,36 @@ class RedisCluster:
 
 
 def _up(state_dir: Path) -> None:
+    """Start every service, recording each one as soon as it runs so ``down`` stops it."""
     state_dir.mkdir(parents=True, exist_ok=True)
     state: dict = {"pids": [], "dirs": []}
     env: dict[str, str] = {}
-    moto = MotoServer().start()
-    state["pids"].append(moto.proc.pid)
+
+    def record(procs: list[subprocess.Popen], workdir: str | None = None) -> None:
+        state["pids"] += [p.pid for p in procs]
+        if workdir:
+            state["dirs"].append(workdir)
+        (state_dir / "services.json").write_text(json.dumps(state))
+
+    moto = MotoServer()
+    try:
+        moto.start()
+    finally:
+        record([moto.proc] if moto.proc else [])
     env[ENV_S3] = moto.endpoint
     if not port_open(6379):
-        redis = RedisServer(6379).start()
-        state["pids"].append(redis.proc.pid)
-        state["dirs"].append(redis.workdir)
+        redis = RedisServer(6379)
+        try:
+            redis.start()
+        finally:
+            record([redis.proc] if redis.proc else [], redis.workdir)
     env[ENV_REDIS] = "127.0.0.1:6379"
-    cluster = RedisCluster().start()
-    state["pids"] += [n.proc.pid for n in cluster.nodes]
-    state["dirs"].append(cluster.workdir)
+    cluster = RedisCluster()
+    try:
+        cluster.start()
+    finally:
+        record([n.proc for n in cluster.nodes if n.proc], cluster.workdir)
     env[ENV_CLUSTER] = ",".join(f"{h}:{p}" for h, p in cluster.startup_nodes)
-    (state_dir / "services.json").write_text(json.dumps(state))
     for key, value in env.items():
         print(f"export {key}={value}")
 

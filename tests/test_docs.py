@@ -1,0 +1,60 @@
+"""The README's configuration reference stays true to the code: every key of the core and
+of the built-in backends is listed, with the default the code really uses."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import attrs
+import pytest
+
+from zephyr_edge import config, plugins
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _rows() -> dict[str, str]:
+    """key -> default column of the README's configuration tables."""
+    rows = {}
+    for line in README.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"\|\s*`(ZE_WORKER_[A-Z0-9_]+)`\s*\|\s*([^|]*)\|", line)
+        if m:
+            rows[m.group(1)] = m.group(2).strip()
+    return rows
+
+
+def _documented_default(field: attrs.Attribute) -> str:
+    if field.default is attrs.NOTHING:
+        return "required"
+    value = config.make_converter().unstructure(field.default)
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    if value == "":
+        return "empty"
+    return f"`{value}`"
+
+
+def _fields(kind: str | None, name: str | None):
+    if kind is None:
+        return [(f, "") for f in attrs.fields(attrs.resolve_types(config.WorkerConfig))]
+    cls = plugins.load(kind, name)
+    if cls.Options is None:
+        return []
+    return [(f, cls.options_prefix) for f in attrs.fields(attrs.resolve_types(cls.Options))]
+
+
+@pytest.mark.parametrize(
+    "kind,name", [(None, None), ("storage", "s3"), ("storage", "local"), ("kv", "redis"), ("kv", "local")]
+)
+def test_every_key_is_documented_with_its_default(kind, name):
+    rows = _rows()
+    for field, prefix in _fields(kind, name):
+        key = config.key_of(field, prefix)
+        assert key in rows, f"{key} is missing from the README's configuration reference"
+        expected = _documented_default(field)
+        assert rows[key].startswith(expected), f"{key}: README says {rows[key]!r}, code default is {expected}"
+
+
+def test_config_file_key_is_documented():
+    assert config.CONFIG_FILE_KEY in _rows()

@@ -1,0 +1,183 @@
+"""Hostnames and KV keys: Zephyr's version label rule, Host normalisation, key building.
+
+Pure functions, no I/O. Every host stored or looked up in the KV goes through
+:func:`normalize_host` first, so that ``App.Example.COM:443`` and ``app.example.com.``
+find the same ``envs:`` record.
+
+Redis Cluster hash tags: the configured prefixes (``{ze-k8s-worker}:envs:`` and
+``{ze-k8s-worker}:snapshots:``) must carry the same ``{...}`` tag, and every extra key of
+ours is built with :func:`tagged_key` so that it carries it too (multi-key transactions
+then stay within one slot). Our extra keys are namespaced by the tag alone: two
+deployments sharing one Redis must use different tags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from typing import TYPE_CHECKING
+
+from zephyr_edge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from zephyr_edge.config import WorkerConfig
+
+#: Zephyr's version label: the first 49 characters of the slug, "-", 9 hex chars of its sha256.
+LABEL_SLUG_CHARS = 49
+LABEL_HASH_CHARS = 9
+#: Delimiters that may join a label to the edge host (``ZE_WORKER_DELIMITER``).
+DELIMITERS = ("-", ".", "_")
+#: DNS limits (RFC 1035): a label is 1..63 characters, a name at most 253.
+MAX_LABEL_CHARS = 63
+MAX_HOST_CHARS = 253
+#: Configuration keys named in problem strings.
+PREFIX_ENVS_KEY = "ZE_WORKER_REDIS_PREFIX_ENVS"
+PREFIX_SNAPSHOTS_KEY = "ZE_WORKER_REDIS_PREFIX_SNAPSHOTS"
+#: Separator between the hash tag and the parts of a key of ours.
+KEY_SEPARATOR = ":"
+
+# "_" is allowed: a delimiter may be "_" and Zephyr's own ids may carry it.
+_LABEL_RE = re.compile(r"[a-z0-9_-]{1,%d}" % MAX_LABEL_CHARS)
+_PORT_RE = re.compile(r"[0-9]*")
+
+
+def version_label(snapshot_id: str) -> str:
+    """Zephyr's version label of ``snapshot_id`` (protocol 6.1), case preserved.
+
+    ``slug = snapshot_id.replace(".", "-")``; ``slug[:49] + "-" + sha256(slug)[:9]``.
+    """
+    slug = snapshot_id.replace(".", "-")
+    digest = hashlib.sha256(slug.encode("utf-8")).hexdigest()
+    return f"{slug[:LABEL_SLUG_CHARS]}-{digest[:LABEL_HASH_CHARS]}"
+
+
+def label_host(label: str, edge_host: str, delimiter: str) -> str:
+    """``label`` joined to ``edge_host`` by ``delimiter``, normalised.
+
+    Raises :class:`ValueError` for an unknown delimiter or a result that is no valid host.
+    """
+    if delimiter not in DELIMITERS:
+        raise ValueError(f"unknown delimiter {delimiter!r}; expected one of {', '.join(DELIMITERS)}")
+    edge = normalize_host(edge_host)
+    if edge is None:
+        raise ValueError(f"invalid edge host {edge_host!r}")
+    host = normalize_host(f"{label}{delimiter}{edge}")
+    if host is None:
+        raise ValueError(f"{label!r} joined to {edge!r} is not a valid host name")
+    return host
+
+
+def version_host(snapshot_id: str, edge_host: str, delimiter: str) -> str:
+    """The host serving ``snapshot_id``: ``<label><delimiter><edge host>``, lower-cased."""
+    return label_host(version_label(snapshot_id), edge_host, delimiter)
+
+
+def normalize_host(host: str | None) -> str | None:
+    """A Host header (or URL authority) as a KV lookup name, or ``None`` if it is invalid.
+
+    Lower-cases, removes a port, the brackets of an IPv6 literal and one trailing dot;
+    converts an internationalised name to its ASCII (punycode) form. Labels may hold
+    ``[a-z0-9_-]``.
+    """
+    if not host:
+        return None
+    text = host.strip().lower()
+    if text.startswith("["):
+        inner, bracket, rest = text[1:].partition("]")
+        if not bracket or not (rest == "" or (rest[0] == ":" and _PORT_RE.fullmatch(rest[1:]))):
+            return None
+        return _ipv6(inner)
+    if text.count(":") > 1:
+        return _ipv6(text)
+    name, colon, port = text.partition(":")
+    if colon and not _PORT_RE.fullmatch(port):
+        return None
+    if name.endswith("."):
+        name = name[:-1]
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    if len(name) > MAX_HOST_CHARS or not all(_LABEL_RE.fullmatch(label) for label in name.split(".")):
+        return None
+    return name
+
+
+def _ipv6(text: str) -> str | None:
+    try:
+        return ipaddress.IPv6Address(text).compressed
+    except ValueError:
+        return None
+
+
+# --- KV keys ----------------------------------------------------------------------------
+
+
+def envs_key(prefix_envs: str, host: str) -> str:
+    """The KV key of the live payload of ``host`` (already normalised)."""
+    return prefix_envs + host
+
+
+def snapshots_key(prefix_snapshots: str, snapshot_id: str) -> str:
+    """The KV key of the snapshot ``snapshot_id``."""
+    return prefix_snapshots + snapshot_id
+
+
+def hash_tag(key: str) -> str | None:
+    """The Redis Cluster hash tag of ``key`` with its braces (``"{x}"``), or ``None``.
+
+    Redis' rule: the part between the first ``{`` and the first ``}`` after it, when
+    that part is not empty.
+    """
+    start = key.find("{")
+    if start < 0:
+        return None
+    end = key.find("}", start + 1)
+    if end <= start + 1:
+        return None
+    return key[start : end + 1]
+
+
+def prefix_problems(prefix_envs: str, prefix_snapshots: str) -> list[str]:
+    """Configuration problems of the two KV prefixes (empty when they are usable)."""
+    problems = []
+    tags = {}
+    for key, prefix in ((PREFIX_ENVS_KEY, prefix_envs), (PREFIX_SNAPSHOTS_KEY, prefix_snapshots)):
+        tags[key] = hash_tag(prefix)
+        if tags[key] is None:
+            problems.append(
+                f"{key}: {prefix!r} has no Redis Cluster hash tag; "
+                "expected a non-empty {...} part such as '{ze-k8s-worker}:envs:'"
+            )
+    if not problems and tags[PREFIX_ENVS_KEY] != tags[PREFIX_SNAPSHOTS_KEY]:
+        problems.append(
+            f"{PREFIX_ENVS_KEY} and {PREFIX_SNAPSHOTS_KEY} must carry the same hash tag, "
+            f"got {tags[PREFIX_ENVS_KEY]} and {tags[PREFIX_SNAPSHOTS_KEY]}"
+        )
+    if prefix_envs == prefix_snapshots:
+        problems.append(f"{PREFIX_ENVS_KEY} and {PREFIX_SNAPSHOTS_KEY} must differ, both are {prefix_envs!r}")
+    return problems
+
+
+def configured_hash_tag(config: WorkerConfig) -> str:
+    """The hash tag shared by the configured prefixes; :class:`ConfigError` if there is none."""
+    problems = prefix_problems(config.redis_prefix_envs, config.redis_prefix_snapshots)
+    if problems:
+        raise ConfigError(problems)
+    tag = hash_tag(config.redis_prefix_envs)
+    assert tag is not None  # checked by prefix_problems
+    return tag
+
+
+def tagged_key(prefix: str, *parts: str) -> str:
+    """A key of ours carrying ``prefix``'s hash tag: ``tagged_key("{t}:envs:", "hashes", u)``
+    is ``"{t}:hashes:u"``. Raises :class:`ValueError` if ``prefix`` has no tag or a part is
+    empty."""
+    tag = hash_tag(prefix)
+    if tag is None:
+        raise ValueError(f"{prefix!r} has no Redis Cluster hash tag")
+    if not parts or not all(isinstance(p, str) and p for p in parts):
+        raise ValueError(f"key parts must be non-empty strings, got {parts!r}")
+    return KEY_SEPARATOR.join((tag, *parts))

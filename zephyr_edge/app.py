@@ -24,10 +24,11 @@ from aiohttp import web
 from zephyr_edge import health, redaction
 from zephyr_edge.config import Config
 from zephyr_edge.errors import BackendError, BackendUnavailable, BadRequest, ZephyrError
-from zephyr_edge.keys import CONFIG_KEY, KV_KEY, READINESS_KEY, REDACTOR_KEY, STORAGE_KEY
+from zephyr_edge.keys import CATALOG_KEY, CONFIG_KEY, KV_KEY, READINESS_KEY, REDACTOR_KEY, STORAGE_KEY
+from zephyr_edge.records import Catalog
 
 __all__ = [
-    "CONFIG_KEY", "FEATURES", "KV_KEY", "READINESS_KEY", "REDACTOR_KEY", "RETRY_AFTER_S",
+    "CATALOG_KEY", "CONFIG_KEY", "FEATURES", "KV_KEY", "READINESS_KEY", "REDACTOR_KEY", "RETRY_AFTER_S",
     "STORAGE_KEY", "error_middleware", "error_response", "make_app",
 ]
 
@@ -67,6 +68,7 @@ async def backends_ctx(app: web.Application) -> AsyncIterator[None]:
             config.storage.cls.open(config.storage.options, config.worker)
         )
         app[KV_KEY] = await stack.enter_async_context(config.kv.cls.open(config.kv.options, config.worker))
+        app[CATALOG_KEY] = Catalog(app[KV_KEY], config.worker)
         log.info(
             "Backends opened",
             extra={"fields": {"storage.backend": config.storage.name, "kv.backend": config.kv.name}},

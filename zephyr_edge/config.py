@@ -87,6 +87,19 @@ class WorkerConfig:
     shutdown_grace_ms: int = attrs.field(default=20000, validator=_at_least(0))
     readiness_timeout_ms: int = attrs.field(default=2000, validator=_at_least(1))
     readiness_write_check_interval_ms: int = attrs.field(default=60000, validator=_at_least(100))
+    #: Fixes the scheme and host of returned URLs (``https://ze.example.com``); empty: from
+    #: the upload request, honouring X-Forwarded-Proto / X-Forwarded-Host.
+    public_url: str = ""
+    #: Largest accepted asset upload, in MiB (413 above it).
+    max_file_size_mb: int = attrs.field(default=256, validator=_at_least(1))
+    #: Byte budget of the in-process asset cache, in MiB (0 disables it).
+    cache_size_mb: int = attrs.field(default=128, validator=_at_least(0))
+    #: Assets larger than this (KiB) are streamed from storage, never cached in process.
+    cache_max_asset_kb: int = attrs.field(default=1024, validator=_at_least(1))
+    #: How long a hostname -> snapshot entry is trusted without asking the KV again.
+    host_cache_ttl_ms: int = attrs.field(default=5000, validator=_at_least(0))
+    #: How often each worker checks the publish counter to drop stale hostname entries.
+    invalidation_poll_ms: int = attrs.field(default=250, validator=_at_least(10))
 
 
 @attrs.frozen
@@ -359,7 +372,7 @@ def load(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None)
 
     Raises :class:`ConfigError` listing every problem found.
     """
-    from zephyr_edge import plugins
+    from zephyr_edge import hostnames, plugins
 
     raw = gather(environ)
     for key, value in (overrides or {}).items():
@@ -383,6 +396,13 @@ def load(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None)
         options = _structure(cls.Options, cls.options_prefix, raw, conv, problems, sources) if cls.Options else None
         chosen[kind] = BackendChoice(str(name), cls, options)
 
+    if worker is not None:
+        problems.extend(hostnames.prefix_problems(worker.redis_prefix_envs, worker.redis_prefix_snapshots))
+        if worker.public_url:
+            try:
+                _to_url(worker.public_url, Url)
+            except ValueError as exc:
+                problems.append(f"{KEY_PREFIX}PUBLIC_URL: {exc}")
     if problems or worker is None:
         raise ConfigError(problems)
     own = set()

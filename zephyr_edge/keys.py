@@ -12,6 +12,7 @@ from aiohttp import web
 
 from zephyr_edge.config import Config
 from zephyr_edge.kv.base import KV
+from zephyr_edge.records import Catalog
 from zephyr_edge.redaction import Redactor
 from zephyr_edge.storage.base import Storage
 
@@ -26,5 +27,7 @@ REDACTOR_KEY = web.AppKey("redactor", Redactor)
 STORAGE_KEY = web.AppKey("storage", Storage)
 #: The open KV backend (set by the backends cleanup context).
 KV_KEY = web.AppKey("kv", KV)
+#: Snapshots, hostnames and hash lists on the KV (set by the backends cleanup context).
+CATALOG_KEY = web.AppKey("catalog", Catalog)
 #: Readiness state: the last storage write-check result (set by the health cleanup context).
 READINESS_KEY: web.AppKey[Readiness] = web.AppKey("readiness")

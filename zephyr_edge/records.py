@@ -11,17 +11,27 @@ every key carries it, so each multi-key write is one Redis Cluster slot):
 - ``T:app-hosts:<app>`` → set of hostnames ever published for the app
 - ``T:generation`` → counter bumped after every publish; workers watch it to drop their
   hostname caches (cross-worker invalidation)
+
+Ownership: a snapshot id stored for one application cannot be saved again by another, and
+a publish on behalf of an application (``publish(..., application_uid=...)``) can neither
+use another application's snapshot nor take over a hostname that serves another
+application. Records that cannot be read are skipped (and logged) by listings.
 """
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
 
 import attrs
 
 from zephyr_edge import hostnames
 from zephyr_edge.config import WorkerConfig
-from zephyr_edge.errors import NotFound
+from zephyr_edge.errors import BadRequest, Forbidden, NotFound
 from zephyr_edge.kv.base import KV, Op, Set, SetAdd
-from zephyr_edge.snapshot import Snapshot, load_live_payload
+from zephyr_edge.snapshot import InvalidLivePayload, Snapshot, load_live_payload
+
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -73,7 +83,20 @@ class Catalog:
     # --- snapshots and hostnames ---------------------------------------------------------
 
     async def save_snapshot(self, snapshot: Snapshot, version_host: str) -> None:
-        """Store ``snapshot`` and point its version hostname at it, in one atomic write."""
+        """Store ``snapshot`` and point its version hostname at it, in one atomic write.
+
+        Re-saving an id overwrites it. Raises :class:`Forbidden` when the id is already
+        stored for another application (ids are ``<version>.<application_uid>``, so an
+        application ``org`` could otherwise name ``u-1.app.repo.org``), or when the version
+        host serves another application.
+        """
+        existing = await self.snapshot(snapshot.snapshot_id)
+        if existing is not None and existing.application_uid != snapshot.application_uid:
+            raise Forbidden(
+                f"snapshot {snapshot.snapshot_id!r} belongs to application {existing.application_uid!r}"
+            )
+        version_host = _normalized([version_host], "version_host")[0]
+        await self._check_hosts_owner(snapshot.application_uid, [version_host])
         body = snapshot.to_json()
         await self._write(
             snapshot.application_uid,
@@ -84,14 +107,40 @@ class Catalog:
             {version_host: body},
         )
 
-    async def publish(self, snapshot_id: str, hosts: list[str] | tuple[str, ...]) -> Snapshot:
+    async def publish(
+        self, snapshot_id: str, hosts: Iterable[str], application_uid: str | None = None
+    ) -> Snapshot:
         """Point every host of ``hosts`` at the stored snapshot ``snapshot_id`` (a tag,
-        environment, custom domain or a rollback). Raises :class:`NotFound` when the
-        snapshot is not stored."""
+        environment, custom domain or a rollback). Hosts are normalised first
+        (:class:`BadRequest` for an invalid one).
+
+        Raises :class:`NotFound` when the snapshot is not stored. With ``application_uid``
+        (a write on behalf of that application), the snapshot must be that application's
+        (:class:`NotFound` otherwise) and no host may currently serve another application
+        (:class:`Forbidden`): an application's token cannot take over another's hostnames.
+        """
+        names = _normalized(hosts, "hosts")
         snapshot = await self.require_snapshot(snapshot_id)
+        if application_uid is not None:
+            if snapshot.application_uid != application_uid:
+                raise NotFound(f"snapshot {snapshot_id!r} is not stored for application {application_uid!r}")
+            await self._check_hosts_owner(application_uid, names)
         body = snapshot.to_json()
-        await self._write(snapshot.application_uid, [], {h: body for h in hosts})
+        await self._write(snapshot.application_uid, [], {h: body for h in names})
         return snapshot
+
+    async def _check_hosts_owner(self, application_uid: str, hosts: list[str]) -> None:
+        """:class:`Forbidden` if one of ``hosts`` serves an application other than
+        ``application_uid`` (a record without a readable owner may be overwritten)."""
+        for host, raw in zip(hosts, await self.kv.get_many([self.envs_key(h) for h in hosts])):
+            if raw is None:
+                continue
+            try:
+                owner = load_live_payload(raw).application_uid
+            except InvalidLivePayload:
+                continue
+            if owner and owner != application_uid:
+                raise Forbidden(f"host {host!r} serves application {owner!r}")
 
     async def _write(self, application_uid: str, ops: list[Op], live: dict[str, bytes]) -> None:
         if live:
@@ -106,8 +155,12 @@ class Catalog:
         return None if raw is None else load_live_payload(raw)
 
     async def live(self, host: str) -> Snapshot | None:
-        """The snapshot ``host`` (normalised) serves, or None for an unknown host."""
-        raw = await self.kv.get(self.envs_key(host))
+        """The snapshot ``host`` serves (looked up normalised: case and port do not
+        matter), or None for an unknown or invalid host."""
+        name = hostnames.normalize_host(host)
+        if name is None:
+            return None
+        raw = await self.kv.get(self.envs_key(name))
         return None if raw is None else load_live_payload(raw)
 
     async def generation(self) -> int:
@@ -122,10 +175,10 @@ class Catalog:
         snapshots = await self.kv.get_many([self.snapshot_key(i) for i in ids])
         lives = await self.kv.get_many([self.envs_key(h) for h in hosts])
         pointing: dict[str, list[str]] = {}
-        for host, raw in zip(hosts, lives):
-            if raw is not None:
-                pointing.setdefault(load_live_payload(raw).snapshot_id, []).append(host)
-        found = [load_live_payload(raw) for raw in snapshots if raw is not None]
+        for host, live in zip(hosts, _readable(hosts, lives)):
+            if live is not None:
+                pointing.setdefault(live.snapshot_id, []).append(host)
+        found = [s for s in _readable(ids, snapshots) if s is not None]
         found.sort(key=lambda s: (s.created_at or 0, s.snapshot_id), reverse=True)
         return [Version(s, tuple(pointing.get(s.snapshot_id, ()))) for s in found]
 
@@ -134,3 +187,29 @@ class Catalog:
         if snapshot is None:
             raise NotFound(f"snapshot {snapshot_id!r} is not stored on this worker")
         return snapshot
+
+
+def _normalized(hosts: Iterable[str], field: str) -> list[str]:
+    """``hosts`` normalised (:func:`hostnames.normalize_host`), duplicates removed, in order."""
+    names: dict[str, None] = {}
+    for host in hosts:
+        name = hostnames.normalize_host(host)
+        if name is None:
+            raise BadRequest(f"{field}: invalid host name {host[:100]!r}", field=field)
+        names.setdefault(name, None)
+    return list(names)
+
+
+def _readable(keys: list[str], raws: list[bytes | None]) -> list[Snapshot | None]:
+    """The records ``raws`` read (None where absent or unreadable: one hand-edited record
+    must not break a whole listing; it is logged)."""
+    out: list[Snapshot | None] = []
+    for key, raw in zip(keys, raws):
+        snapshot = None
+        if raw is not None:
+            try:
+                snapshot = load_live_payload(raw)
+            except InvalidLivePayload as exc:
+                log.warning("Unreadable catalog record for %s: %s", key, exc, extra={"fields": {"catalog.record": key}})
+        out.append(snapshot)
+    return out

@@ -1,0 +1,147 @@
+"""The ``can_write_jwt`` check: every failure is a 403 naming the reason, never the token."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+
+import jwt
+import pytest
+from aiohttp import web
+
+from zephyr_edge import auth, config, tokens
+from zephyr_edge.app import error_middleware
+from zephyr_edge.errors import Forbidden
+from zephyr_edge.keys import CONFIG_KEY, REDACTOR_KEY
+from zephyr_edge.redaction import Redactor
+
+SECRET = "auth-test-jwt-secret-0123456789abcdef0123"
+APP = "web.repo.org"
+
+
+def _claims(**extra):
+    return {"application_uid": APP, "can_write": True, "exp": int(time.time()) + 600, **extra}
+
+
+def _unsigned(header: dict, claims: dict) -> str:
+    """A token with any header (signature garbage)."""
+    def part(obj: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+    return f"{part(header)}.{part(claims)}.c2lnbmF0dXJl"
+
+
+def refusals() -> dict[str, tuple[str | None, str]]:
+    """name → (token, text the refusal must contain)."""
+    now = time.time()
+    return {
+        "missing": (None, "missing can_write_jwt"),
+        "empty": ("  ", "missing can_write_jwt"),
+        "malformed": ("abc.def", "malformed"),
+        "expired": (tokens.mint(SECRET, APP, 1, now=now - 3600), "expired"),
+        "bad-signature": (jwt.encode(_claims(), SECRET + "x", algorithm="HS256"), "bad signature"),
+        "alg-none": (jwt.encode(_claims(), None, algorithm="none"), "algorithm 'none' not allowed (only HS256)"),
+        "alg-None-case": (_unsigned({"alg": "None", "typ": "JWT"}, _claims()), "algorithm 'None' not allowed"),
+        "alg-hs512": (jwt.encode(_claims(), SECRET * 2, algorithm="HS512"), "algorithm 'HS512' not allowed"),
+        "alg-odd": (_unsigned({"alg": "../../<script>", "typ": "JWT"}, _claims()), "algorithm an unsupported one"),
+        "alg-missing": (_unsigned({"typ": "JWT"}, _claims()), "not allowed"),
+        "no-exp": (jwt.encode({"application_uid": APP, "can_write": True}, SECRET, algorithm="HS256"), "'exp'"),
+        "read-only": (jwt.encode(_claims(can_write=False), SECRET, algorithm="HS256"), "write access"),
+        "can-write-string": (jwt.encode(_claims(can_write="true"), SECRET, algorithm="HS256"), "write access"),
+        "no-application": (jwt.encode({"can_write": True, "exp": int(now) + 60}, SECRET, algorithm="HS256"),
+                           "no application_uid"),
+        "other-app": (tokens.mint(SECRET, "other.repo.org"), "for application 'other.repo.org', not 'web.repo.org'"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(refusals()))
+def test_refusals_name_the_reason_never_the_token(name):
+    token, reason = refusals()[name]
+    with pytest.raises(Forbidden) as raised:
+        auth.verify_token(token, SECRET, APP)
+    assert raised.value.status == 403
+    assert reason in str(raised.value)
+    if token and token.strip():
+        assert token not in str(raised.value)
+        for part in token.split("."):
+            if len(part) > 8:
+                assert part not in str(raised.value)
+
+
+def test_valid_token():
+    claims = auth.verify_token(tokens.mint(SECRET, APP), SECRET, APP)
+    assert claims.application_uid == APP
+    # no application to match (a file upload): the token's application is the one written to
+    assert auth.verify_token(tokens.mint(SECRET, APP), SECRET).application_uid == APP
+    # a token just expired is accepted within the clock-skew leeway
+    recent = tokens.mint(SECRET, APP, 1, now=time.time() - 10)
+    assert auth.verify_token(recent, SECRET, APP).application_uid == APP
+
+
+def test_no_secret_refuses_everything():
+    with pytest.raises(Forbidden, match="no JWT secret"):
+        auth.verify_token(tokens.mint(SECRET, APP), "", APP)
+
+
+def test_check_application():
+    claims = auth.verify_token(tokens.mint(SECRET, APP), SECRET)
+    auth.check_application(claims, APP, "application_uid")
+    with pytest.raises(Forbidden, match="application_uid 'x.y.z' does not match"):
+        auth.check_application(claims, "x.y.z", "application_uid")
+
+
+# --- over HTTP ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def client(aiohttp_client, tmp_path):
+    cfg = config.load({
+        "ZE_WORKER_JWT_SECRET": SECRET, "ZE_WORKER_STORAGE_BACKEND": "local", "ZE_WORKER_KV_BACKEND": "local",
+        "ZE_WORKER_DATA_DIR": str(tmp_path),
+    })
+
+    async def write(request: web.Request) -> web.Response:
+        claims = auth.require_write(request, request.query.get("app"))
+        return web.json_response({"app": claims.application_uid})
+
+    async def read(request: web.Request) -> web.Response:
+        claims = auth.optional_write(request, request.query["app"])
+        return web.json_response({"app": claims.application_uid if claims else None})
+
+    app = web.Application(middlewares=[error_middleware])
+    app[CONFIG_KEY] = cfg
+    app[REDACTOR_KEY] = Redactor([SECRET])
+    app.router.add_post("/write", write)
+    app.router.add_get("/read", read)
+    return await aiohttp_client(app)
+
+
+@pytest.mark.parametrize("name", sorted(refusals()))
+async def test_http_refusals_are_403_never_401(client, caplog, name):
+    caplog.set_level(logging.DEBUG)
+    token, reason = refusals()[name]
+    headers = {} if token is None else {auth.HEADER: token}
+    resp = await client.post("/write", params={"app": APP}, headers=headers)
+    text = await resp.text()
+    assert resp.status == 403, text
+    body = json.loads(text)
+    assert body["error"] == "forbidden" and reason in body["message"]
+    refused = [r for r in caplog.records if r.name == "zephyr_edge.auth"]
+    assert refused and refused[0].levelno == logging.INFO and reason in refused[0].getMessage()
+    if token and token.strip():
+        assert token not in text
+        assert all(token not in r.getMessage() and token not in str(getattr(r, "fields", "")) for r in caplog.records)
+
+
+async def test_http_valid_and_optional(client):
+    good = tokens.mint(SECRET, APP)
+    resp = await client.post("/write", params={"app": APP}, headers={auth.HEADER: f" {good} "})
+    assert resp.status == 200 and await resp.json() == {"app": APP}
+    # the hash-list style: no token is fine, a token must be valid and for that app
+    assert await (await client.get("/read", params={"app": APP})).json() == {"app": None}
+    assert await (await client.get("/read", params={"app": APP}, headers={auth.HEADER: good})).json() == {"app": APP}
+    resp = await client.get("/read", params={"app": "other.repo.org"}, headers={auth.HEADER: good})
+    assert resp.status == 403
+    resp = await client.get("/read", params={"app": APP}, headers={auth.HEADER: ""})
+    assert resp.status == 403 and "missing" in (await resp.json())["message"]

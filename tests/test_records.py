@@ -1,0 +1,275 @@
+"""The catalog (snapshots, hostnames, hash lists, publish counter) on real KVs: the embedded
+SQLite one and Redis, each test on both. Every KV call goes through a recorder, so the
+tests also prove that every key carries the configured hash tag."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+import attrs
+import coredis
+import pytest
+
+from zephyr_edge import config, hostnames
+from zephyr_edge.errors import BadRequest, Forbidden, NotFound
+from zephyr_edge.kv.base import KV, Op
+from zephyr_edge.records import Catalog
+from zephyr_edge.snapshot import parse_snapshot
+from tests.upload_support import snapshot_body
+
+APP = "web.repo.org"
+OTHER = "other.repo.org"
+
+
+class RecordingKV(KV):
+    """Forwards every call to ``inner`` and remembers every key used."""
+
+    def __init__(self, inner: KV):
+        self.inner = inner
+        self.keys: set[str] = set()
+
+    @classmethod
+    def open(cls, options, worker):  # pragma: no cover - never opened by name
+        raise NotImplementedError
+
+    def _seen(self, *keys: str) -> None:
+        self.keys.update(keys)
+
+    async def get(self, key):
+        self._seen(key)
+        return await self.inner.get(key)
+
+    async def get_many(self, keys: Sequence[str]):
+        self._seen(*keys)
+        return await self.inner.get_many(keys)
+
+    async def set(self, key, value):
+        self._seen(key)
+        await self.inner.set(key, value)
+
+    async def set_if_absent(self, key, value):
+        self._seen(key)
+        return await self.inner.set_if_absent(key, value)
+
+    async def delete(self, key):
+        self._seen(key)
+        await self.inner.delete(key)
+
+    async def incr(self, key):
+        self._seen(key)
+        return await self.inner.incr(key)
+
+    async def atomic(self, ops: Sequence[Op]):
+        self._seen(*(op.key for op in ops))
+        await self.inner.atomic(ops)
+
+    async def smembers(self, key):
+        self._seen(key)
+        return await self.inner.smembers(key)
+
+    async def sismember(self, key, member):
+        self._seen(key)
+        return await self.inner.sismember(key, member)
+
+    async def ping(self):
+        await self.inner.ping()
+
+
+@attrs.frozen
+class Setup:
+    catalog: Catalog
+    kv: RecordingKV
+    tag: str
+
+
+@contextlib.asynccontextmanager
+async def open_catalog(kind: str, tmp_path, redis_addr=None) -> AsyncIterator[Setup]:
+    tag = f"{{ze-test-{uuid.uuid4().hex[:12]}}}"
+    env = {
+        "ZE_WORKER_JWT_SECRET": "records-test-secret-0123456789abcdef",
+        "ZE_WORKER_STORAGE_BACKEND": "local", "ZE_WORKER_DATA_DIR": str(tmp_path),
+        "ZE_WORKER_REDIS_PREFIX_ENVS": f"{tag}:envs:", "ZE_WORKER_REDIS_PREFIX_SNAPSHOTS": f"{tag}:snapshots:",
+    }
+    if kind == "redis":
+        env.update({"ZE_WORKER_KV_BACKEND": "redis", "ZE_WORKER_REDIS_HOST": redis_addr[0],
+                    "ZE_WORKER_REDIS_PORT": str(redis_addr[1])})
+    else:
+        env["ZE_WORKER_KV_BACKEND"] = "local"
+    cfg = config.load(env)
+    try:
+        async with cfg.kv.cls.open(cfg.kv.options, cfg.worker) as inner:
+            kv = RecordingKV(inner)
+            yield Setup(Catalog(kv, cfg.worker), kv, tag)
+    finally:
+        if kind == "redis":
+            async with coredis.Redis(host=redis_addr[0], port=redis_addr[1]) as client:
+                keys = [k async for k in client.scan_iter(match=f"{tag}*")]
+                if keys:
+                    await client.delete(keys)
+
+
+@pytest.fixture(params=["local", "redis"])
+async def setup(request, tmp_path):
+    redis_addr = request.getfixturevalue("redis_addr") if request.param == "redis" else None
+    async with open_catalog(request.param, tmp_path, redis_addr) as opened:
+        yield opened
+        # every key the catalog touched carries the configured hash tag
+        assert opened.kv.keys
+        assert {hostnames.hash_tag(k) for k in opened.kv.keys} == {opened.tag}, sorted(opened.kv.keys)
+
+
+def snap(app: str = APP, build: str = "1", created_at: int | None = 1000, **fields):
+    body = snapshot_body(app, build, files={"index.html": f"{app}-{build}".encode()}, **fields)
+    if created_at is None:
+        del body["createdAt"]
+    else:
+        body["createdAt"] = created_at
+    return parse_snapshot(json.dumps(body).encode(), app)
+
+
+def vhost(snapshot) -> str:
+    return hostnames.version_host(snapshot.snapshot_id, "ze.test", "-")
+
+
+# --- hash lists ---------------------------------------------------------------------------------
+
+
+async def test_hash_lists(setup):
+    catalog = setup.catalog
+    assert await catalog.hashes(APP) == set()
+    await catalog.add_hash(APP, "a" * 64)
+    await catalog.add_hash(APP, "a" * 64)
+    await catalog.add_hash(APP, "b" * 64)
+    await catalog.add_hash(OTHER, "c" * 64)
+    assert await catalog.hashes(APP) == {"a" * 64, "b" * 64}
+    assert await catalog.has_hash(APP, "b" * 64) and not await catalog.has_hash(APP, "c" * 64)
+    assert await catalog.hashes(OTHER) == {"c" * 64}
+
+
+# --- snapshots, versions, publish ---------------------------------------------------------------
+
+
+async def test_versions_newest_first_with_their_hosts(setup):
+    catalog = setup.catalog
+    old, new, middle, undated = snap(build="1", created_at=1000), snap(build="2", created_at=3000), \
+        snap(build="3", created_at=2000), snap(build="4", created_at=None)
+    for s in (old, new, middle, undated):
+        await catalog.save_snapshot(s, vhost(s))
+    await catalog.save_snapshot(snap(OTHER, "9", created_at=5000), "other-ze.test")
+    await catalog.publish(middle.snapshot_id, ["prod.example.com", "staging.example.com"])
+    await catalog.publish(new.snapshot_id, ["staging.example.com"])
+
+    versions = await catalog.versions(APP)
+    assert [v.snapshot.snapshot_id for v in versions] == [s.snapshot_id for s in (new, middle, old, undated)]
+    hosts = {v.snapshot.snapshot_id: set(v.hosts) for v in versions}
+    assert hosts == {
+        new.snapshot_id: {vhost(new), "staging.example.com"},
+        middle.snapshot_id: {vhost(middle), "prod.example.com"},
+        old.snapshot_id: {vhost(old)},
+        undated.snapshot_id: {vhost(undated)},
+    }
+    assert (await catalog.live("prod.example.com")).snapshot_id == middle.snapshot_id
+    # rollback: the same call with an older id
+    await catalog.publish(old.snapshot_id, ["prod.example.com"])
+    assert (await catalog.live("prod.example.com")).snapshot_id == old.snapshot_id
+    assert "prod.example.com" in (await catalog.versions(APP))[2].hosts
+
+
+async def test_generation_bumps_on_every_publish(setup):
+    catalog = setup.catalog
+    assert await catalog.generation() == 0
+    s = snap()
+    await catalog.save_snapshot(s, vhost(s))
+    assert await catalog.generation() == 1
+    await catalog.publish(s.snapshot_id, ["a.test"])
+    await catalog.publish(s.snapshot_id, ["a.test", "b.test"])
+    assert await catalog.generation() == 3
+    await catalog.add_hash(APP, "a" * 64)  # not a publish
+    assert await catalog.generation() == 3
+
+
+async def test_snapshot_round_trip_keeps_every_field(setup):
+    catalog = setup.catalog
+    s = snap(extra={"nested": ["kept", "as", "sent"]}, mfConfig={"name": "web"})
+    await catalog.save_snapshot(s, vhost(s))
+    stored = await catalog.snapshot(s.snapshot_id)
+    assert stored == s and stored.raw == s.raw
+    assert (await catalog.live(vhost(s))).raw == s.raw
+    assert await catalog.snapshot("missing.web.repo.org") is None
+    with pytest.raises(NotFound):
+        await catalog.require_snapshot("missing.web.repo.org")
+
+
+async def test_hosts_are_normalised(setup):
+    catalog = setup.catalog
+    s = snap()
+    await catalog.save_snapshot(s, vhost(s).upper())
+    await catalog.publish(s.snapshot_id, ["App.Example.COM:443", "app.example.com."])
+    for name in ("app.example.com", "APP.example.com:8080", vhost(s), vhost(s).upper() + ":80"):
+        assert (await catalog.live(name)).snapshot_id == s.snapshot_id, name
+    assert await catalog.live("not a host") is None
+    assert set((await catalog.versions(APP))[0].hosts) == {"app.example.com", vhost(s)}
+    generation = await catalog.generation()
+    with pytest.raises(BadRequest):
+        await catalog.publish(s.snapshot_id, ["ok.test", "bad host"])
+    assert await catalog.live("ok.test") is None and await catalog.generation() == generation
+
+
+async def test_publish_refusals_write_nothing(setup):
+    catalog = setup.catalog
+    mine, theirs = snap(), snap(OTHER)
+    await catalog.save_snapshot(mine, vhost(mine))
+    await catalog.save_snapshot(theirs, vhost(theirs))
+    await catalog.publish(theirs.snapshot_id, ["theirs.test"], OTHER)
+    generation = await catalog.generation()
+
+    with pytest.raises(NotFound):
+        await catalog.publish("nope.web.repo.org", ["x.test"], APP)
+    with pytest.raises(NotFound):  # not this application's snapshot
+        await catalog.publish(theirs.snapshot_id, ["x.test"], APP)
+    with pytest.raises(Forbidden, match="theirs.test"):  # another application's host
+        await catalog.publish(mine.snapshot_id, ["x.test", "theirs.test"], APP)
+    with pytest.raises(Forbidden):  # another application's version host
+        await catalog.publish(mine.snapshot_id, [vhost(theirs)], APP)
+    assert await catalog.generation() == generation
+    assert await catalog.live("x.test") is None
+    assert (await catalog.live("theirs.test")).snapshot_id == theirs.snapshot_id
+
+    # without an application (an operator's publish), a host may move between applications
+    await catalog.publish(mine.snapshot_id, ["theirs.test"])
+    assert (await catalog.live("theirs.test")).snapshot_id == mine.snapshot_id
+
+
+async def test_snapshot_ids_belong_to_their_application(setup):
+    """``org`` may name ``u-1.web.repo.org`` (it ends with ``.org``) but not take it over."""
+    catalog = setup.catalog
+    mine = snap()
+    await catalog.save_snapshot(mine, vhost(mine))
+    hijack = parse_snapshot(
+        json.dumps(snapshot_body("org", snapshot_id=mine.snapshot_id)).encode(), "org"
+    )
+    with pytest.raises(Forbidden, match=APP):
+        await catalog.save_snapshot(hijack, vhost(hijack))
+    assert (await catalog.snapshot(mine.snapshot_id)).application_uid == APP
+    assert await catalog.versions("org") == []
+
+
+async def test_hand_copied_and_broken_records(setup):
+    """Zephyr's emergency rollback copies a snapshot JSON into ``envs:<host>`` by hand; a
+    broken record must not break the application's listing."""
+    catalog, kv = setup.catalog, setup.kv
+    s = snap()
+    await catalog.save_snapshot(s, vhost(s))
+    await catalog.publish(s.snapshot_id, ["broken.test"])
+    await kv.set(catalog.envs_key("copied.test"), await kv.get(catalog.snapshot_key(s.snapshot_id)))
+    assert (await catalog.live("copied.test")).snapshot_id == s.snapshot_id
+    await kv.set(catalog.envs_key("broken.test"), b"not json")
+    versions = await catalog.versions(APP)
+    assert [v.snapshot.snapshot_id for v in versions] == [s.snapshot_id]
+    assert versions[0].hosts == (vhost(s),)
+    # a record without a readable owner may be overwritten by a publish
+    await catalog.publish(s.snapshot_id, ["broken.test"], APP)
+    assert (await catalog.live("broken.test")).snapshot_id == s.snapshot_id

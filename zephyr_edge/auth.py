@@ -1,0 +1,102 @@
+"""The ``can_write_jwt`` header check of every write (protocol 3).
+
+Built on :func:`zephyr_edge.tokens.verify`: HS256 only (the algorithm list is fixed, a
+token never chooses its own), ``exp`` required, ``can_write: true``, and the token's
+``application_uid`` must be the application written to. Every failure is a
+:class:`~zephyr_edge.errors.Forbidden` (403, never 401: ``zephyr-agent`` 1.2 deletes the
+developer's stored login on a 401) whose message names the reason and never echoes the
+token. Refusals are logged at info with the reason, never the token.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import jwt
+from aiohttp import web
+
+from zephyr_edge import tokens
+from zephyr_edge.errors import Forbidden
+from zephyr_edge.keys import CONFIG_KEY
+
+log = logging.getLogger(__name__)
+
+#: The header carrying the write token (lower case, underscores: see protocol 3 about
+#: reverse proxies dropping such headers).
+HEADER = "can_write_jwt"
+#: An algorithm name safe to quote back in an error message (it comes from the client).
+_SHOWABLE_ALG = re.compile(r"[A-Za-z0-9_-]{1,16}")
+
+
+def token_of(request: web.Request) -> str | None:
+    """The request's write token (surrounding spaces removed), or None when absent or empty."""
+    value = request.headers.get(HEADER)
+    if value is None:
+        return None
+    return value.strip() or None
+
+
+def _algorithm_problem(token: str) -> str | None:
+    """Why the token's declared algorithm is refused, or None when it is HS256 or unreadable
+    (an unreadable header is reported by :func:`tokens.verify` as a malformed token)."""
+    try:
+        alg = jwt.get_unverified_header(token).get("alg")
+    except jwt.InvalidTokenError:
+        return None
+    if alg in tokens.ALGORITHMS:
+        return None
+    shown = repr(alg) if isinstance(alg, str) and _SHOWABLE_ALG.fullmatch(alg) else "an unsupported one"
+    return f"invalid can_write_jwt: algorithm {shown} not allowed (only {', '.join(tokens.ALGORITHMS)})"
+
+
+def verify_token(token: str | None, secret: str, application_uid: str | None = None) -> tokens.WriteClaims:
+    """The verified claims of ``token``; :class:`Forbidden` naming the reason otherwise.
+
+    ``application_uid``, when given, must be the token's application.
+    """
+    if not secret:
+        raise Forbidden("writes are disabled: no JWT secret is configured on this worker")
+    token = token.strip() if token else None
+    if token:
+        problem = _algorithm_problem(token)
+        if problem:
+            raise Forbidden(problem)
+    claims = tokens.verify(token, secret)
+    if application_uid is not None and claims.application_uid != application_uid:
+        raise Forbidden(
+            f"can_write_jwt is for application {claims.application_uid!r}, not {application_uid!r}"
+        )
+    return claims
+
+
+def require_write(request: web.Request, application_uid: str | None = None) -> tokens.WriteClaims:
+    """Check the request's ``can_write_jwt``; its claims, or :class:`Forbidden` (logged)."""
+    try:
+        return verify_token(token_of(request), request.app[CONFIG_KEY].worker.jwt_secret, application_uid)
+    except Forbidden as exc:
+        log.info(
+            "Write refused: %s", exc,
+            extra={"fields": {
+                "http.method": request.method, "http.path": request.path,
+                "http.remote": request.remote, "zephyr.application_uid": application_uid,
+            }},
+        )
+        raise
+
+
+def check_application(claims: tokens.WriteClaims, application_uid: str, field: str) -> None:
+    """:class:`Forbidden` unless the body's ``application_uid`` (named ``field``) is the token's."""
+    if claims.application_uid != application_uid:
+        raise Forbidden(
+            f"{field} {application_uid!r} does not match the can_write_jwt application "
+            f"{claims.application_uid!r}"
+        )
+
+
+def optional_write(request: web.Request, application_uid: str) -> tokens.WriteClaims | None:
+    """For reads that agents send with or without a token (the hash list): None without a
+    token; with one, it must be valid and for ``application_uid`` (:class:`Forbidden`)."""
+    if request.headers.get(HEADER) is None:
+        return None
+    return require_write(request, application_uid)

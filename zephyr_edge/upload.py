@@ -1,0 +1,195 @@
+"""The ingest half of the data path: the hash list and ``POST /upload`` (protocol 2-4).
+
+Routes (matched by path, whatever the Host):
+
+- ``GET /__get_application_hash_list__?application_uid=U`` → ``{"hashes": [...]}``: the
+  hashes whose bytes are durably stored for U. Agents 1.0/1.2 send no token; a token, when
+  present, must be valid and for U.
+- ``POST /upload?type=T``, dispatched on ``T`` through the app's table
+  :data:`UPLOAD_TYPES_KEY` (``file``, ``snapshot``, ``envs``; a later feature adds its own
+  types with :func:`add_upload_type`). An unknown or missing type answers 501 with the
+  plain-text body ``Not Implemented``, which the agent recognises.
+
+Integrity rules: every write is authorised by ``can_write_jwt`` (:mod:`zephyr_edge.auth`)
+before its body is read; an asset's bytes are hashed while they stream to storage and a
+mismatch aborts the (atomic) write; the hash joins the application's hash list only once
+its bytes are stored; a rejected request (403, 400, 413, 501) changes nothing.
+
+An asset already in storage (same hash, same size) is not written again: its body is
+still read and its hash checked (it is cheap, and it proves that this application has
+the bytes before the hash joins its list), then the hash is added.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+import zephyr_edge
+from zephyr_edge import auth, assets, bodies, publicurl
+from zephyr_edge.errors import BackendError, BadRequest
+from zephyr_edge.keys import CATALOG_KEY, CONFIG_KEY, STORAGE_KEY
+from zephyr_edge.snapshot import APPLICATION_UID_RE, MAX_ID_CHARS, parse_envs_payload, parse_snapshot
+
+log = logging.getLogger(__name__)
+
+HASH_LIST_PATH = "/__get_application_hash_list__"
+UPLOAD_PATH = "/upload"
+#: The answer to an unknown ``type`` (its exact text is what the agent matches).
+NOT_IMPLEMENTED = "Not Implemented"
+MiB = 1024 * 1024
+#: Largest accepted snapshot JSON (a manifest of many thousands of assets fits easily).
+MAX_SNAPSHOT_BYTES = 32 * MiB
+#: Largest accepted publish (``type=envs``) body.
+MAX_ENVS_BYTES = 1 * MiB
+#: Bound of one whole file upload (body and storage write); the client's own deadline is
+#: 30 s with agent 1.2, so this only stops a stuck upload from holding resources forever.
+FILE_UPLOAD_TIMEOUT_S = 600.0
+NO_STORE = {"Cache-Control": "no-store"}
+
+UploadHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: The app's ``type`` → handler table of ``POST /upload`` (built by :func:`setup`).
+UPLOAD_TYPES_KEY = web.AppKey("upload_types", dict)
+
+
+def setup(app: web.Application) -> None:
+    """Add the hash-list and upload routes and the upload type table to ``app``."""
+    app[UPLOAD_TYPES_KEY] = {"file": upload_file, "snapshot": upload_snapshot, "envs": upload_envs}
+    app.router.add_get(HASH_LIST_PATH, hash_list)
+    app.router.add_post(UPLOAD_PATH, upload)
+
+
+def add_upload_type(app: web.Application, name: str, handler: UploadHandler) -> None:
+    """Route ``POST /upload?type=<name>`` to ``handler`` (call after :func:`setup`)."""
+    table = app[UPLOAD_TYPES_KEY]
+    if name in table:
+        raise ValueError(f"upload type {name!r} is already handled")
+    table[name] = handler
+
+
+async def upload(request: web.Request) -> web.StreamResponse:
+    """``POST /upload``: dispatch on ``type``; 501 ``Not Implemented`` for anything else."""
+    handler = request.app[UPLOAD_TYPES_KEY].get(request.query.get("type", ""))
+    if handler is None:
+        return web.Response(status=501, text=NOT_IMPLEMENTED, content_type="text/plain", headers=NO_STORE)
+    return await handler(request)
+
+
+def _ok(body: dict[str, object]) -> web.Response:
+    return web.json_response(body, headers=NO_STORE)
+
+
+def _application_uid(value: str | None, field: str = "application_uid") -> str:
+    if not value or len(value) > MAX_ID_CHARS or not APPLICATION_UID_RE.fullmatch(value):
+        raise BadRequest(f"{field}: expected an application uid (app.repo.org)", field=field)
+    return value
+
+
+# --- hash list --------------------------------------------------------------------------
+
+
+async def hash_list(request: web.Request) -> web.Response:
+    """``{"hashes": [...]}`` of ``application_uid`` (sorted; ``[]`` for an unknown app)."""
+    uid = _application_uid(request.query.get("application_uid"))
+    auth.optional_write(request, uid)
+    hashes = await request.app[CATALOG_KEY].hashes(uid)
+    return _ok({"hashes": sorted(hashes)})
+
+
+# --- files ------------------------------------------------------------------------------
+
+
+async def upload_file(request: web.Request) -> web.Response:
+    """``type=file&hash=H&filename=P``: store the body by hash, then list H for the app."""
+    claims = auth.require_write(request)
+    expected = assets.validate_hash(request.query.get("hash"), "hash")
+    filename = assets.validate_filename(request.query.get("filename"), "filename")
+    limit = request.app[CONFIG_KEY].worker.max_file_size_mb * MiB
+    bodies.check_announced_size(request, limit, "the file")
+    storage, key = request.app[STORAGE_KEY], assets.storage_key(expected)
+    body = bodies.VerifiedAsset(request, expected, filename, limit)
+    started = time.monotonic()
+    deadline = asyncio.timeout(FILE_UPLOAD_TIMEOUT_S)
+    try:
+        async with deadline:
+            existing = await storage.head(key)
+            # Same hash and same size: the stored object is this file (writes are atomic and
+            # verified). Check the body anyway, without writing it again.
+            reuse = existing is not None and existing.size == request.content_length
+            if reuse:
+                size = await body.drain()
+            else:
+                await storage.put(key, body.chunks(), request.content_length)
+                if body.size is None:  # the backend stopped reading early: a contract breach
+                    raise BackendError(storage.name, f"put {key!r} returned before the end of the body")
+                size = body.size
+    except TimeoutError:
+        if deadline.expired():
+            raise bodies.RequestTimeout(f"the upload did not complete within {FILE_UPLOAD_TIMEOUT_S:g} s") from None
+        raise
+    await request.app[CATALOG_KEY].add_hash(claims.application_uid, expected)
+    log.info(
+        "Asset already stored" if reuse else "Asset stored",
+        extra={"fields": {
+            "zephyr.application_uid": claims.application_uid, "zephyr.asset.hash": expected,
+            "zephyr.asset.size": size, "zephyr.asset.filename": filename,
+            "duration_ms": round((time.monotonic() - started) * 1000, 1),
+        }},
+    )
+    return _ok({"status": "ok", "hash": expected, "size": size, "already_stored": reuse})
+
+
+# --- snapshots and publishing -----------------------------------------------------------
+
+
+async def upload_snapshot(request: web.Request) -> web.Response:
+    """``type=snapshot``: validate, store, publish the version host; answer its URL.
+
+    Accepted before its assets arrive (the agent sends both at once).
+    """
+    claims = auth.require_write(request)
+    raw = await bodies.read_limited(request, MAX_SNAPSHOT_BYTES, "the snapshot")
+    snapshot = parse_snapshot(raw, None)
+    auth.check_application(claims, snapshot.application_uid, "application_uid")
+    worker = request.app[CONFIG_KEY].worker
+    base = publicurl.from_request(request, worker.public_url)
+    host = base.version_host(snapshot.snapshot_id, worker.delimiter)
+    await request.app[CATALOG_KEY].save_snapshot(snapshot, host)
+    url = base.url(host)
+    log.info(
+        "Snapshot stored",
+        extra={"fields": {
+            "zephyr.application_uid": snapshot.application_uid, "zephyr.snapshot_id": snapshot.snapshot_id,
+            "zephyr.snapshot.assets": len(snapshot.assets), "zephyr.version_url": url,
+        }},
+    )
+    return _ok({"urls": {"version": url}, "worker_version": zephyr_edge.__version__})
+
+
+async def upload_envs(request: web.Request) -> web.Response:
+    """``type=envs``: point the body's hosts at a stored snapshot (publish, rollback)."""
+    claims = auth.require_write(request)
+    raw = await bodies.read_limited(request, MAX_ENVS_BYTES, "the publish request")
+    payload = parse_envs_payload(raw, None)
+    auth.check_application(claims, payload.application_uid, "app_version.application_uid")
+    if not payload.hosts:
+        raise BadRequest("urls: expected at least one URL in urls or url_ids", field="urls")
+    base = publicurl.from_request(request, request.app[CONFIG_KEY].worker.public_url)
+    await request.app[CATALOG_KEY].publish(payload.snapshot_id, payload.hosts, payload.application_uid)
+    log.info(
+        "Snapshot published",
+        extra={"fields": {
+            "zephyr.application_uid": payload.application_uid, "zephyr.snapshot_id": payload.snapshot_id,
+            "zephyr.hosts": list(payload.hosts),
+        }},
+    )
+    return _ok({
+        "status": "ok",
+        "snapshot_id": payload.snapshot_id,
+        "hosts": list(payload.hosts),
+        "urls": [base.url(h) for h in payload.hosts],
+    })

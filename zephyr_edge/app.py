@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from zephyr_edge import health, redaction
+from zephyr_edge import health, redaction, serve, upload
 from zephyr_edge.config import Config
 from zephyr_edge.errors import BackendError, BackendUnavailable, BadRequest, ZephyrError
 from zephyr_edge.keys import CATALOG_KEY, CONFIG_KEY, KV_KEY, READINESS_KEY, REDACTOR_KEY, STORAGE_KEY
@@ -42,7 +42,7 @@ INTERNAL_MESSAGE = "internal server error"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Feature modules' ``setup(app)`` functions, in route order (see the module docstring).
-FEATURES: tuple[Callable[[web.Application], None], ...] = (health.setup,)
+FEATURES: tuple[Callable[[web.Application], None], ...] = (health.setup, upload.setup, serve.setup)
 
 
 def make_app(config: Config) -> web.Application:

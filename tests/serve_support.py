@@ -1,0 +1,272 @@
+"""Helpers of the serving tests: workers on real backends (local files + SQLite in a tmp
+dir, or S3 on moto + Redis with a unique hash tag), deployments seeded through the
+Catalog and storage (not through the upload routes), and ``zephyr-edge serve`` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import coredis
+from aiobotocore.session import get_session
+
+from zephyr_edge import config, hostnames
+from zephyr_edge.assets import asset_hash, extension, storage_key
+from zephyr_edge.keys import CATALOG_KEY, STORAGE_KEY
+from zephyr_edge.records import Catalog
+from zephyr_edge.serve import SERVING_KEY, Serving
+from zephyr_edge.snapshot import Snapshot, parse_snapshot
+from zephyr_edge.storage.base import Storage
+
+SECRET = "serve-test-jwt-secret-0123456789abcdef"
+ACCESS_KEY = "AKIAEXAMPLESERVEKEY0"
+SECRET_KEY = "s3-secret-key-serve-9876543210zyxwvu"
+APP = "web.repo.org"
+EDGE = "ze.example.com"
+SCRIPT = str(Path(sys.executable).with_name("zephyr-edge"))
+#: Bound of a worker process's start and stop.
+PROCESS_TIMEOUT_S = 20.0
+
+
+@attrs.frozen
+class Backend:
+    """Where a test worker keeps its data."""
+
+    name: str
+    env: Mapping[str, str]
+    s3_endpoint: str | None = None
+    bucket: str | None = None
+    redis: tuple[str, int] | None = None
+    tag: str | None = None
+
+
+def local_backend(tmp_path: Path) -> Backend:
+    env = {
+        "ZE_WORKER_STORAGE_BACKEND": "local", "ZE_WORKER_KV_BACKEND": "local",
+        "ZE_WORKER_DATA_DIR": str(tmp_path / "data"),
+    }
+    return Backend("local", env)
+
+
+def s3_redis_backend(tmp_path: Path, s3_endpoint: str, redis_addr: tuple[str, int]) -> Backend:
+    unique = uuid.uuid4().hex[:12]
+    tag = f"{{ze-test-{unique}}}"
+    bucket = f"ze-serve-{unique}"
+    env = {
+        "ZE_WORKER_STORAGE_BACKEND": "s3", "ZE_WORKER_KV_BACKEND": "redis",
+        "ZE_WORKER_DATA_DIR": str(tmp_path / "data"),
+        "ZE_WORKER_S3_ENDPOINT": s3_endpoint, "ZE_WORKER_S3_BUCKET": bucket,
+        "ZE_WORKER_S3_ACCESS_KEY_ID": ACCESS_KEY, "ZE_WORKER_S3_SECRET_ACCESS_KEY": SECRET_KEY,
+        "ZE_WORKER_REDIS_HOST": redis_addr[0], "ZE_WORKER_REDIS_PORT": str(redis_addr[1]),
+        "ZE_WORKER_REDIS_CONNECT_TIMEOUT_MS": "500",
+        "ZE_WORKER_REDIS_PREFIX_ENVS": f"{tag}:envs:", "ZE_WORKER_REDIS_PREFIX_SNAPSHOTS": f"{tag}:snapshots:",
+    }
+    return Backend("s3-redis", env, s3_endpoint, bucket, redis_addr, tag)
+
+
+def s3_client(endpoint: str) -> Any:
+    return get_session().create_client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1",
+        aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+    )
+
+
+async def create_bucket(backend: Backend) -> None:
+    if backend.bucket:
+        async with s3_client(backend.s3_endpoint) as s3:
+            await s3.create_bucket(Bucket=backend.bucket)
+
+
+async def remove_everything(backend: Backend) -> None:
+    """Delete the test's bucket and Redis keys (best effort: a test may have stopped Redis)."""
+    if backend.bucket:
+        async with s3_client(backend.s3_endpoint) as s3:
+            paginator = s3.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=backend.bucket):
+                for item in page.get("Contents", []):
+                    await s3.delete_object(Bucket=backend.bucket, Key=item["Key"])
+            await s3.delete_bucket(Bucket=backend.bucket)
+    if backend.redis:
+        try:
+            async with coredis.Redis(host=backend.redis[0], port=backend.redis[1]) as client:
+                keys = [k async for k in client.scan_iter(match=f"{backend.tag}*")]
+                if keys:
+                    await client.delete(keys)
+        except Exception:
+            pass
+
+
+def load_config(backend: Backend, **extra: str) -> config.Config:
+    return config.load({"ZE_WORKER_JWT_SECRET": SECRET, "ZE_WORKER_LISTEN_HOST": "127.0.0.1", **backend.env, **extra})
+
+
+# --- deployments -----------------------------------------------------------------------------
+
+
+def snapshot_of(build: str, files: Mapping[str, bytes], app: str = APP) -> Snapshot:
+    """A validated snapshot like the agent's, assets from ``files`` (path → bytes)."""
+    body = {
+        "application_uid": app,
+        "snapshot_id": f"tester-{build}.{app}",
+        "version": f"1.0.0-tester.{build}",
+        "createdAt": 1_700_000_000_000 + int(build),
+        "assets": {
+            path: {"path": path, "extname": extension(path), "hash": asset_hash(data, path), "size": len(data)}
+            for path, data in files.items()
+        },
+    }
+    return parse_snapshot(json.dumps(body).encode(), None)
+
+
+def version_host_of(snapshot: Snapshot) -> str:
+    return hostnames.version_host(snapshot.snapshot_id, EDGE, "-")
+
+
+async def store_files(storage: Storage, files: Mapping[str, bytes]) -> None:
+    for path, data in files.items():
+        await storage.put_bytes(storage_key(asset_hash(data, path)), data)
+
+
+async def deploy(
+    catalog: Catalog, storage: Storage | None, build: str, files: Mapping[str, bytes], hosts: tuple[str, ...] = (),
+) -> Snapshot:
+    """Store ``files`` (unless ``storage`` is None), save the snapshot with its version host,
+    and publish it on ``hosts``."""
+    if storage is not None:
+        await store_files(storage, files)
+    snapshot = snapshot_of(build, files)
+    await catalog.save_snapshot(snapshot, version_host_of(snapshot))
+    if hosts:
+        await catalog.publish(snapshot.snapshot_id, hosts)
+    return snapshot
+
+
+@attrs.define
+class Site:
+    """A test client on a worker app."""
+
+    client: Any
+
+    @property
+    def app(self) -> Any:
+        return self.client.server.app
+
+    @property
+    def storage(self) -> Storage:
+        return self.app[STORAGE_KEY]
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.app[CATALOG_KEY]
+
+    @property
+    def serving(self) -> Serving:
+        return self.app[SERVING_KEY]
+
+    async def deploy(self, build: str, files: Mapping[str, bytes], hosts: tuple[str, ...] = (), store: bool = True) -> Snapshot:
+        return await deploy(self.catalog, self.storage if store else None, build, files, hosts)
+
+    async def settle(self, timeout: float = 5.0) -> None:
+        """Wait until the worker's invalidation poller has seen the latest publish (so that
+        it will not clear the hostname cache right after the test warms it)."""
+        deadline = time.monotonic() + timeout
+        while self.serving.hosts.generation != await self.catalog.generation():
+            assert time.monotonic() < deadline, "the invalidation poller did not catch up"
+            await asyncio.sleep(0.01)
+
+    async def fetch(self, path: str, host: str, method: str = "GET", **headers: str) -> tuple[Any, bytes]:
+        """One request with exactly ``headers`` (no automatic Accept-Encoding); the raw body."""
+        resp = await self.client.request(
+            method, path, headers={"Host": host, **headers}, skip_auto_headers=("Accept-Encoding",),
+        )
+        body = await resp.read()
+        return resp, body
+
+
+class CountingCalls:
+    """Wraps one method of a live object, counting calls (the real method still runs)."""
+
+    def __init__(self, obj: Any, name: str, before: Any = None):
+        self.calls: list[tuple] = []
+        self._obj, self._name = obj, name
+        self._real = getattr(obj, name)
+        self._before = before
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(args)
+            if self._before is not None:
+                await self._before(*args)
+            return await self._real(*args, **kwargs)
+
+        setattr(obj, name, wrapper)
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def restore(self) -> None:
+        setattr(self._obj, self._name, self._real)
+
+
+# --- worker processes ------------------------------------------------------------------------
+
+
+class WorkerProcess:
+    """A ``zephyr-edge serve`` process; its output is drained by reader threads."""
+
+    def __init__(self, env: Mapping[str, str], cwd: Path, port: int):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.output: list[str] = []
+        self.proc = subprocess.Popen(
+            [SCRIPT, "serve"], env=dict(env), cwd=cwd, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line.rstrip("\n"))
+
+    def get(self, path: str, host: str, timeout: float = 2.0) -> tuple[int, bytes]:
+        request = urllib.request.Request(self.url + path, headers={"Host": host})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + PROCESS_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n" + "\n".join(self.output[-30:]))
+            try:
+                if self.get("/readyz", "127.0.0.1")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("worker not ready:\n" + "\n".join(self.output[-30:]))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(PROCESS_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(PROCESS_TIMEOUT_S)
+        self._reader.join(5)

@@ -1,0 +1,252 @@
+"""Serving applications (protocol section 6): ``Host`` → snapshot → asset → bytes.
+
+Every path not claimed by an earlier route, for GET, HEAD and OPTIONS, whatever the Host.
+:func:`setup` must therefore run last among the features.
+
+A warm request costs a few dict lookups: the ``Host`` header finds a
+:class:`~zephyr_edge.hostcache.HostEntry`, the raw path finds a precomputed
+:class:`~zephyr_edge.routes.Route` (headers of every variant), and the variant's ETag
+finds its bytes in the :class:`~zephyr_edge.assetcache.AssetCache`. Neither KV nor storage
+is touched. Assets larger than ``cache_max_asset_kb`` stream from storage chunk by chunk.
+
+Answers: unknown host or asset → 404 (an asset listed but not stored yet too; a missing
+file with an extension never gets ``index.html``); ``If-None-Match`` → 304; one ``Range``
+→ 206 (416 with ``Content-Range: bytes */size`` when unsatisfiable; several ranges are
+ignored); compressible types are compressed (gzip, brotli when importable) unless a
+``Range`` is asked for or the body is tiny; ``OPTIONS`` answers CORS preflights with 204
+without any I/O. Cache policy: see :mod:`zephyr_edge.routes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from types import MappingProxyType
+from typing import TypeVar
+
+from aiohttp import hdrs, web
+
+from zephyr_edge.assetcache import KIB, MIB, AssetCache
+from zephyr_edge.compression import Negotiator, available_codecs
+from zephyr_edge.errors import BackendUnavailable, NotFound
+from zephyr_edge.hostcache import HostCache, watch_generation
+from zephyr_edge.keys import CATALOG_KEY, CONFIG_KEY, STORAGE_KEY
+from zephyr_edge.resolve import RangeNotSatisfiable, parse_range
+from zephyr_edge.routes import CORS_HEADERS, Route, etag_matches, preflight_headers
+from zephyr_edge.snapshot import Asset
+from zephyr_edge.storage.base import Storage
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Catch-all route of app traffic (any path).
+ROUTE_PATH = "/{path:.*}"
+#: Bound of one step of a streamed answer (read one chunk from storage and write it out).
+CHUNK_TIMEOUT_S = 60.0
+#: Bound of opening a streamed object (and of the metadata read before a range or HEAD).
+OPEN_TIMEOUT_S = 30.0
+#: Bound of the wait for the invalidation poller at shutdown.
+STOP_TIMEOUT_S = 5.0
+
+
+def _error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": code, "message": message}).encode()
+
+
+ERROR_HEADERS: Mapping[str, str] = MappingProxyType({
+    "Content-Type": "application/json; charset=utf-8",
+    "Cache-Control": "no-store",
+    **CORS_HEADERS,
+})
+UNKNOWN_HOST_BODY = _error_body(NotFound.code, "no application is published on this host")
+NO_ASSET_BODY = _error_body(NotFound.code, "no such file in this application")
+NOT_STORED_BODY = _error_body(NotFound.code, "this file is not stored (yet)")
+
+
+class Serving:
+    """The serve path's state of one application (created by :func:`serving_ctx`)."""
+
+    __slots__ = ("hosts", "assets", "negotiator")
+
+    def __init__(self, hosts: HostCache, assets: AssetCache, negotiator: Negotiator):
+        self.hosts = hosts
+        self.assets = assets
+        self.negotiator = negotiator
+
+
+#: The serve path's caches (set by :func:`serving_ctx`).
+SERVING_KEY = web.AppKey("serving", Serving)
+
+
+async def serving_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Create the caches and run the invalidation poller for the app's lifetime."""
+    worker = app[CONFIG_KEY].worker
+    codecs = available_codecs()
+    max_asset_bytes = worker.cache_max_asset_kb * KIB
+
+    def route_factory(asset: Asset, immutable_host: bool) -> Route:
+        return Route(asset, immutable_host, codecs, max_asset_bytes)
+
+    hosts = HostCache(
+        app[CATALOG_KEY], ttl_s=worker.host_cache_ttl_ms / 1000, delimiter=worker.delimiter,
+        route_factory=route_factory,
+    )
+    assets = AssetCache(app[STORAGE_KEY], budget_bytes=worker.cache_size_mb * MIB, max_asset_bytes=max_asset_bytes)
+    app[SERVING_KEY] = Serving(hosts, assets, Negotiator(codecs))
+    poller = asyncio.create_task(
+        watch_generation(app[CATALOG_KEY], hosts, worker.invalidation_poll_ms / 1000), name="host-cache-invalidation"
+    )
+    log.debug(
+        "Serving caches ready",
+        extra={"fields": {"cache.codecs": [c.token for c in codecs], "cache.budget_bytes": assets.lru.budget}},
+    )
+    try:
+        yield
+    finally:
+        poller.cancel()
+        await asyncio.wait([poller], timeout=STOP_TIMEOUT_S)
+        await hosts.close()
+        await assets.close()
+
+
+def _error(status: int, body: bytes, extra: Mapping[str, str] | None = None) -> web.Response:
+    headers = ERROR_HEADERS if extra is None else {**ERROR_HEADERS, **extra}
+    return web.Response(status=status, body=body, headers=headers)
+
+
+def _unsatisfiable(exc: RangeNotSatisfiable) -> web.Response:
+    body = _error_body(exc.code, str(exc))
+    return _error(exc.status, body, {"Content-Range": exc.content_range})
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    """GET and HEAD of app traffic."""
+    serving = request.app[SERVING_KEY]
+    headers = request.headers
+    raw_host = headers.get(hdrs.HOST)
+    entry = serving.hosts.fresh(raw_host) or await serving.hosts.lookup(raw_host)
+    if entry is None or entry.snapshot is None:
+        return _error(404, UNKNOWN_HOST_BODY)
+    route = entry.route(request.rel_url.raw_path)
+    if route is None:
+        return _error(404, NO_ASSET_BODY)
+
+    range_header = headers.get(hdrs.RANGE)
+    if range_header is not None:
+        if_range = headers.get(hdrs.IF_RANGE)
+        if if_range is not None and if_range.strip() != route.identity.etag:
+            range_header = None  # the client's copy is outdated: send everything
+    codec = None
+    if route.encodable and range_header is None:
+        accept = headers.get(hdrs.ACCEPT_ENCODING)
+        if accept:
+            codec = serving.negotiator.choose(accept)
+    variant = route.variant(codec)
+    if_none_match = headers.get(hdrs.IF_NONE_MATCH)
+    if if_none_match is not None and etag_matches(if_none_match, variant.etag):
+        return web.Response(status=304, headers=variant.not_modified_headers)
+
+    if not route.stream:
+        data = serving.assets.get(variant.cache_key)
+        if data is None:
+            try:
+                identity = await serving.assets.load(route)
+            except NotFound:
+                return _error(404, NOT_STORED_BODY)
+            if identity is None:  # stored bigger than its snapshot says: stream it
+                return await _stream(request, serving.assets.storage, route, range_header)
+            data = identity if codec is None else await serving.assets.encoded(variant, identity)
+        if range_header is not None:
+            try:
+                span = parse_range(range_header, len(data))
+            except RangeNotSatisfiable as exc:
+                return _unsatisfiable(exc)
+            if span is not None:
+                start, last = span
+                partial = {**variant.headers, "Content-Range": f"bytes {start}-{last}/{len(data)}"}
+                return web.Response(status=206, body=data[start : last + 1], headers=partial)
+        return web.Response(body=data, headers=variant.headers)
+    return await _stream(request, serving.assets.storage, route, range_header)
+
+
+async def _stream(
+    request: web.Request, storage: Storage, route: Route, range_header: str | None
+) -> web.StreamResponse:
+    """Answer from storage chunk by chunk (large assets; never compressed)."""
+    key = route.storage_key
+    start, end, status = 0, None, 200
+    if range_header is not None or request.method == hdrs.METH_HEAD:
+        info = await _bounded(storage, f"head {key!r}", storage.head(key))
+        if info is None:
+            return _error(404, NOT_STORED_BODY)
+        if range_header is not None:
+            try:
+                span = parse_range(range_header, info.size)
+            except RangeNotSatisfiable as exc:
+                return _unsatisfiable(exc)
+            if span is not None:
+                start, end, status = span[0], span[1] + 1, 206
+        if request.method == hdrs.METH_HEAD:
+            response = web.StreamResponse(status=status, headers=route.identity.headers)
+            if status == 206:
+                response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
+            response.content_length = (info.size if end is None else end) - start
+            return response
+    try:
+        blob = await _bounded(storage, f"get {key!r}", storage.get(key, start, end))
+    except NotFound:
+        return _error(404, NOT_STORED_BODY)
+    async with blob:
+        response = web.StreamResponse(status=status, headers=route.identity.headers)
+        if status == 206:
+            response.headers["Content-Range"] = f"bytes {blob.start}-{blob.end - 1}/{blob.size}"
+        response.content_length = blob.end - blob.start
+        await response.prepare(request)
+        chunks = blob.chunks().__aiter__()
+        try:
+            while True:
+                async with asyncio.timeout(CHUNK_TIMEOUT_S):
+                    try:
+                        chunk = await chunks.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    await response.write(chunk)
+        except ConnectionResetError:
+            log.debug("Client went away during a streamed answer", extra={"fields": _fields(request, key)})
+        except Exception as exc:  # headers are sent: all we can do is cut the connection
+            log.error("Streaming failed after the headers were sent", exc_info=exc,
+                      extra={"fields": _fields(request, key)})
+            if request.transport is not None:
+                request.transport.close()
+        finally:
+            with contextlib.suppress(Exception):
+                await chunks.aclose()  # type: ignore[attr-defined]
+    return response
+
+
+async def _bounded(storage: Storage, what: str, call: Awaitable[T]) -> T:
+    """``await call`` within :data:`OPEN_TIMEOUT_S`; a timeout is an unavailable storage."""
+    try:
+        async with asyncio.timeout(OPEN_TIMEOUT_S):
+            return await call
+    except TimeoutError:
+        raise BackendUnavailable(storage.name, f"{what} took more than {OPEN_TIMEOUT_S:.0f} s") from None
+
+
+def _fields(request: web.Request, key: str) -> dict[str, str]:
+    return {"http.method": request.method, "http.path": request.path, "storage.key": key}
+
+
+async def preflight(request: web.Request) -> web.Response:
+    """OPTIONS: a CORS preflight answer (no I/O; everything served is public)."""
+    return web.Response(status=204, headers=preflight_headers(request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_HEADERS)))
+
+
+def setup(app: web.Application) -> None:
+    """Add the catch-all app-traffic routes and the serving caches' lifetime (run last)."""
+    app.cleanup_ctx.append(serving_ctx)
+    app.router.add_get(ROUTE_PATH, handle)  # HEAD too
+    app.router.add_route(hdrs.METH_OPTIONS, ROUTE_PATH, preflight)

@@ -4,6 +4,9 @@
     zephyr-edge dev [--port N] [--app U]   zero-setup local worker, prints a write token
     zephyr-edge token --app U [--ttl 1h]   mint a can_write_jwt with the configured secret
     zephyr-edge config                     print the effective configuration as JSON
+    zephyr-edge publish --host H --snapshot ID   point hostnames at a stored snapshot
+    zephyr-edge rollback --host H --snapshot ID  the same, named for moving back
+    zephyr-edge versions --app U [--json]  an app's snapshots with their hostnames
 
 Configuration problems exit with status 2 and one message on stderr listing all of them.
 """
@@ -65,6 +68,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("config", help="print the effective configuration as JSON (secrets redacted)")
+
+    for name, text in (
+        ("publish", "point hostnames at a stored snapshot (environments, tags, custom domains)"),
+        ("rollback", "point hostnames back at an older stored snapshot (same as publish)"),
+    ):
+        cmd = sub.add_parser(
+            name, help=text,
+            description=text + ". Writes the worker's KV directly (configuration as for "
+            "`serve`); running workers pick the change up within ZE_WORKER_INVALIDATION_POLL_MS. "
+            "Prints one JSON line with the hostnames' previous snapshots.",
+        )
+        cmd.add_argument(
+            "--host", action="append", required=True, metavar="HOST",
+            help="hostname or URL to point (repeatable)",
+        )
+        cmd.add_argument("--snapshot", required=True, metavar="SNAPSHOT_ID", help="a stored snapshot id")
+        cmd.add_argument(
+            "--force", action="store_true",
+            help="also move hostnames that currently serve another application",
+        )
+
+    ver = sub.add_parser("versions", help="list an application's snapshots, newest first, with their hostnames")
+    ver.add_argument("--app", required=True, metavar="APPLICATION_UID", help="the application (app.repo.org)")
+    ver.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -78,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = commands.dev(environ, port=args.port, app_uid=args.app)
     elif args.command == "token":
         code = commands.token(environ, args.app, args.ttl, args.data_dir)
+    elif args.command in ("publish", "rollback"):
+        code = commands.publish(environ, args.host, args.snapshot, force=args.force, action=args.command)
+    elif args.command == "versions":
+        code = commands.versions(environ, args.app, as_json=args.json)
     else:
         code = commands.show_config(environ)
     sys.exit(code)

@@ -70,6 +70,40 @@ def show_config(environ: Mapping[str, str], overrides: Mapping[str, Any] | None 
     return EXIT_OK
 
 
+def _admin_config(environ: Mapping[str, str]) -> cfg.Config:
+    """The worker's configuration for an admin command; backend log lines go to stderr as
+    JSON (stdout carries the command's own output)."""
+    config = cfg.load(environ)
+    from zephyr_edge import logs, redaction
+
+    logs.configure(cfg.LogLevel.WARN, config.worker.replica_name, redaction.secret_values(config), stream=sys.stderr)
+    return config
+
+
+def publish(
+    environ: Mapping[str, str], hosts: list[str], snapshot_id: str, *, force: bool = False, action: str = "publish"
+) -> int:
+    """``zephyr-edge publish`` / ``rollback``: point hostnames at a stored snapshot."""
+    try:
+        config = _admin_config(environ)
+    except ConfigError as exc:
+        return config_error(exc)
+    from zephyr_edge import admin
+
+    return admin.publish(config, hosts, snapshot_id, force=force, action=action)
+
+
+def versions(environ: Mapping[str, str], app_uid: str, as_json: bool = False) -> int:
+    """``zephyr-edge versions``: an app's snapshots, newest first, with their hostnames."""
+    try:
+        config = _admin_config(environ)
+    except ConfigError as exc:
+        return config_error(exc)
+    from zephyr_edge import admin
+
+    return admin.versions(config, app_uid, as_json=as_json)
+
+
 def find_secret(environ: Mapping[str, str], data_dir: str | None = None) -> str:
     """The JWT secret to sign with: the configured one (file or environment), else the one
     ``zephyr-edge dev`` persisted in the data directory. Raises :class:`ConfigError`.

@@ -116,10 +116,11 @@ async def upload_file(request: web.Request) -> web.Response:
     deadline = asyncio.timeout(FILE_UPLOAD_TIMEOUT_S)
     try:
         async with deadline:
-            existing = await storage.head(key)
-            # Same hash and same size: the stored object is this file (writes are atomic and
-            # verified). Check the body anyway, without writing it again.
-            reuse = existing is not None and existing.size == request.content_length
+            # Listed for the app means durably stored (the hash joins the list only after
+            # its write): check the body anyway, without writing it again. Otherwise write:
+            # a put under a content hash is atomic and idempotent, so no HEAD is needed
+            # first (it would double the storage requests of every upload).
+            reuse = await request.app[CATALOG_KEY].has_hash(claims.application_uid, expected)
             if reuse:
                 size = await body.drain()
             else:

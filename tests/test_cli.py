@@ -399,3 +399,16 @@ def test_serve_on_s3_and_redis(tmp_path, workers, s3_endpoint, redis_addr, uniqu
         for item in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
             s3.delete_object(Bucket=bucket, Key=item["Key"])
         s3.delete_bucket(Bucket=bucket)
+
+
+def test_access_log_follows_its_key(tmp_path, workers):
+    """``ZE_WORKER_ACCESS_LOG=false`` silences the per-request lines (dev turns them on)."""
+    port = free_port()
+    env = clean_env(ZE_WORKER_JWT_SECRET=JWT_SECRET, ZE_WORKER_PORT=str(port), ZE_WORKER_ACCESS_LOG="false",
+                    ZE_WORKER_DATA_DIR=str(tmp_path / "data"))
+    worker = workers(["dev"], env, tmp_path, port)
+    worker.wait_status("/no-such-route", 404)
+    assert worker.stop() == 0, worker.output()
+    logs = worker.logs()
+    assert any(line["message"] == "Worker listening" for line in logs)
+    assert not any(line["message"] == "Request handled" for line in logs)

@@ -87,6 +87,9 @@ class WorkerConfig:
     shutdown_grace_ms: int = attrs.field(default=20000, validator=_at_least(0))
     readiness_timeout_ms: int = attrs.field(default=2000, validator=_at_least(1))
     readiness_write_check_interval_ms: int = attrs.field(default=60000, validator=_at_least(100))
+    #: One JSON "Request handled" line per request (off by default: the ingress in front
+    #: usually logs requests, and a line per request costs a third of a warm request's CPU).
+    access_log: bool = False
     #: Fixes the scheme and host of returned URLs (``https://ze.example.com``); empty: from
     #: the upload request, honouring X-Forwarded-Proto / X-Forwarded-Host.
     public_url: str = ""

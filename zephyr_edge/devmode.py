@@ -31,6 +31,7 @@ DEV_DEFAULTS: Mapping[str, str] = MappingProxyType({
     KEY_PREFIX + "STORAGE_BACKEND": "local",
     KEY_PREFIX + "KV_BACKEND": "local",
     KEY_PREFIX + "LISTEN_HOST": "127.0.0.1",
+    KEY_PREFIX + "ACCESS_LOG": "true",
     KEY_PREFIX + "DATA_DIR": DEV_DATA_DIR,
 })
 

@@ -78,7 +78,7 @@ async def run(
         handle_signals=False,
         shutdown_timeout=worker.shutdown_grace_ms / 1000,
         access_log_class=logs.AccessLogger,
-        access_log=logging.getLogger(logs.ACCESS_LOGGER),
+        access_log=logging.getLogger(logs.ACCESS_LOGGER) if worker.access_log else None,
     )
     try:
         await runner.setup()

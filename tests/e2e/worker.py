@@ -92,6 +92,7 @@ def worker_env(
         "ZE_WORKER_LISTEN_HOST": "127.0.0.1",
         "ZE_WORKER_PORT": str(port),
         "ZE_WORKER_LOG_LEVEL": "info",
+        "ZE_WORKER_ACCESS_LOG": "true",  # the upload count reads the access log
         "ZE_WORKER_SHUTDOWN_GRACE_MS": "2000",
         "ZE_WORKER_STORAGE_BACKEND": "s3",
         "ZE_WORKER_S3_ENDPOINT": s3_endpoint,

@@ -12,14 +12,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
-import coredis
-from aiobotocore.session import get_session
 
 from zephyr_edge import config, hostnames
 from zephyr_edge.assets import asset_hash, extension, storage_key
@@ -29,9 +26,9 @@ from zephyr_edge.serve import SERVING_KEY, Serving
 from zephyr_edge.snapshot import Snapshot, parse_snapshot
 from zephyr_edge.storage.base import Storage
 
+from tests.backends_support import delete_tagged_keys, empty_bucket, local_env, s3_client, s3_redis_env
+
 SECRET = "serve-test-jwt-secret-0123456789abcdef"
-ACCESS_KEY = "AKIAEXAMPLESERVEKEY0"
-SECRET_KEY = "s3-secret-key-serve-9876543210zyxwvu"
 APP = "web.repo.org"
 EDGE = "ze.example.com"
 SCRIPT = str(Path(sys.executable).with_name("zephyr-edge"))
@@ -52,34 +49,14 @@ class Backend:
 
 
 def local_backend(tmp_path: Path) -> Backend:
-    env = {
-        "ZE_WORKER_STORAGE_BACKEND": "local", "ZE_WORKER_KV_BACKEND": "local",
-        "ZE_WORKER_DATA_DIR": str(tmp_path / "data"),
-    }
-    return Backend("local", env)
+    return Backend("local", local_env(tmp_path / "data"))
 
 
 def s3_redis_backend(tmp_path: Path, s3_endpoint: str, redis_addr: tuple[str, int]) -> Backend:
-    unique = uuid.uuid4().hex[:12]
-    tag = f"{{ze-test-{unique}}}"
-    bucket = f"ze-serve-{unique}"
-    env = {
-        "ZE_WORKER_STORAGE_BACKEND": "s3", "ZE_WORKER_KV_BACKEND": "redis",
-        "ZE_WORKER_DATA_DIR": str(tmp_path / "data"),
-        "ZE_WORKER_S3_ENDPOINT": s3_endpoint, "ZE_WORKER_S3_BUCKET": bucket,
-        "ZE_WORKER_S3_ACCESS_KEY_ID": ACCESS_KEY, "ZE_WORKER_S3_SECRET_ACCESS_KEY": SECRET_KEY,
-        "ZE_WORKER_REDIS_HOST": redis_addr[0], "ZE_WORKER_REDIS_PORT": str(redis_addr[1]),
-        "ZE_WORKER_REDIS_CONNECT_TIMEOUT_MS": "500",
-        "ZE_WORKER_REDIS_PREFIX_ENVS": f"{tag}:envs:", "ZE_WORKER_REDIS_PREFIX_SNAPSHOTS": f"{tag}:snapshots:",
-    }
-    return Backend("s3-redis", env, s3_endpoint, bucket, redis_addr, tag)
-
-
-def s3_client(endpoint: str) -> Any:
-    return get_session().create_client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+    env, bucket, tag = s3_redis_env(
+        tmp_path / "data", s3_endpoint, redis_addr, "ze-serve", ZE_WORKER_REDIS_CONNECT_TIMEOUT_MS="500"
     )
+    return Backend("s3-redis", env, s3_endpoint, bucket, redis_addr, tag)
 
 
 async def create_bucket(backend: Backend) -> None:
@@ -92,17 +69,10 @@ async def remove_everything(backend: Backend) -> None:
     """Delete the test's bucket and Redis keys (best effort: a test may have stopped Redis)."""
     if backend.bucket:
         async with s3_client(backend.s3_endpoint) as s3:
-            paginator = s3.get_paginator("list_objects_v2")
-            async for page in paginator.paginate(Bucket=backend.bucket):
-                for item in page.get("Contents", []):
-                    await s3.delete_object(Bucket=backend.bucket, Key=item["Key"])
-            await s3.delete_bucket(Bucket=backend.bucket)
+            await empty_bucket(s3, backend.bucket)
     if backend.redis:
         try:
-            async with coredis.Redis(host=backend.redis[0], port=backend.redis[1]) as client:
-                keys = [k async for k in client.scan_iter(match=f"{backend.tag}*")]
-                if keys:
-                    await client.delete(keys)
+            await delete_tagged_keys(backend.redis, backend.tag)
         except Exception:
             pass
 

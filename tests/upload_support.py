@@ -10,7 +10,6 @@ import json
 import os
 import sqlite3
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from typing import Any
 import attrs
 import coredis
 import jwt
-from aiobotocore.session import get_session
 
 from zephyr_edge import config, tokens
 from zephyr_edge.app import make_app
@@ -28,9 +26,9 @@ from zephyr_edge.kv import local_sql
 from zephyr_edge.records import Catalog
 from zephyr_edge.storage.base import Storage
 
+from tests.backends_support import delete_tagged_keys, empty_bucket, local_env, s3_client, s3_redis_env
+
 SECRET = "upload-test-jwt-secret-0123456789abcdef"
-ACCESS_KEY = "AKIAEXAMPLEUPLOADKEY"
-SECRET_KEY = "s3-secret-key-upload-9876543210zyxwvu"
 APP = "web.repo.org"
 OTHER_APP = "other.repo.org"
 #: Storage keys written by the readiness check, which runs in the background.
@@ -53,31 +51,12 @@ class Backend:
 
 
 def local_backend(tmp_path: Path) -> Backend:
-    data = tmp_path / "data"
-    env = {"ZE_WORKER_STORAGE_BACKEND": "local", "ZE_WORKER_KV_BACKEND": "local", "ZE_WORKER_DATA_DIR": str(data)}
-    return Backend("local", env, data)
+    return Backend("local", local_env(tmp_path / "data"), tmp_path / "data")
 
 
 def s3_redis_backend(tmp_path: Path, s3_endpoint: str, redis_addr: tuple[str, int]) -> Backend:
-    unique = uuid.uuid4().hex[:12]
-    tag = f"{{ze-test-{unique}}}"
-    bucket = f"ze-upload-{unique}"
-    env = {
-        "ZE_WORKER_STORAGE_BACKEND": "s3", "ZE_WORKER_KV_BACKEND": "redis",
-        "ZE_WORKER_DATA_DIR": str(tmp_path / "data"),
-        "ZE_WORKER_S3_ENDPOINT": s3_endpoint, "ZE_WORKER_S3_BUCKET": bucket,
-        "ZE_WORKER_S3_ACCESS_KEY_ID": ACCESS_KEY, "ZE_WORKER_S3_SECRET_ACCESS_KEY": SECRET_KEY,
-        "ZE_WORKER_REDIS_HOST": redis_addr[0], "ZE_WORKER_REDIS_PORT": str(redis_addr[1]),
-        "ZE_WORKER_REDIS_PREFIX_ENVS": f"{tag}:envs:", "ZE_WORKER_REDIS_PREFIX_SNAPSHOTS": f"{tag}:snapshots:",
-    }
+    env, bucket, tag = s3_redis_env(tmp_path / "data", s3_endpoint, redis_addr, "ze-upload")
     return Backend("s3-redis", env, tmp_path / "data", s3_endpoint, bucket, redis_addr, tag)
-
-
-def s3_client(endpoint: str) -> Any:
-    return get_session().create_client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
-    )
 
 
 @contextlib.asynccontextmanager
@@ -95,20 +74,10 @@ async def s3_session(backend: Backend) -> AsyncIterator[Backend]:
 
 async def remove_everything(backend: Backend) -> None:
     """Delete the test's bucket (objects and pending multipart uploads) and Redis keys."""
-    s3 = backend.s3
-    if backend.bucket and s3 is not None:
-        for upload in (await s3.list_multipart_uploads(Bucket=backend.bucket)).get("Uploads", []):
-            await s3.abort_multipart_upload(Bucket=backend.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-        paginator = s3.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=backend.bucket):
-            for item in page.get("Contents", []):
-                await s3.delete_object(Bucket=backend.bucket, Key=item["Key"])
-        await s3.delete_bucket(Bucket=backend.bucket)
+    if backend.bucket and backend.s3 is not None:
+        await empty_bucket(backend.s3, backend.bucket)
     if backend.redis:
-        async with coredis.Redis(host=backend.redis[0], port=backend.redis[1]) as client:
-            keys = [k async for k in client.scan_iter(match=f"{backend.tag}*")]
-            if keys:
-                await client.delete(keys)
+        await delete_tagged_keys(backend.redis, backend.tag)
 
 
 def load_config(backend: Backend, **extra: str) -> config.Config:

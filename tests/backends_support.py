@@ -1,0 +1,65 @@
+"""The two backend setups of the worker-level tests (serving and ingest): the local pair in
+a tmp folder, or S3 on moto + Redis, each test with its own bucket and hash tag; and the
+clean-up of what such a test wrote."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import coredis
+from aiobotocore.session import get_session
+
+ACCESS_KEY = "AKIAEXAMPLEWORKERKEY"
+SECRET_KEY = "s3-secret-key-worker-9876543210zyxwvu"
+
+
+def local_env(data_dir: Path) -> dict[str, str]:
+    """Environment of a worker on the local backends in ``data_dir``."""
+    return {"ZE_WORKER_STORAGE_BACKEND": "local", "ZE_WORKER_KV_BACKEND": "local", "ZE_WORKER_DATA_DIR": str(data_dir)}
+
+
+def s3_redis_env(
+    data_dir: Path, s3_endpoint: str, redis_addr: tuple[str, int], bucket_prefix: str, **extra: str
+) -> tuple[dict[str, str], str, str]:
+    """(environment, bucket, hash tag) of a worker on S3 + Redis, unique to one test."""
+    unique = uuid.uuid4().hex[:12]
+    tag = f"{{ze-test-{unique}}}"
+    bucket = f"{bucket_prefix}-{unique}"
+    env = {
+        "ZE_WORKER_STORAGE_BACKEND": "s3", "ZE_WORKER_KV_BACKEND": "redis",
+        "ZE_WORKER_DATA_DIR": str(data_dir),
+        "ZE_WORKER_S3_ENDPOINT": s3_endpoint, "ZE_WORKER_S3_BUCKET": bucket,
+        "ZE_WORKER_S3_ACCESS_KEY_ID": ACCESS_KEY, "ZE_WORKER_S3_SECRET_ACCESS_KEY": SECRET_KEY,
+        "ZE_WORKER_REDIS_HOST": redis_addr[0], "ZE_WORKER_REDIS_PORT": str(redis_addr[1]),
+        "ZE_WORKER_REDIS_PREFIX_ENVS": f"{tag}:envs:", "ZE_WORKER_REDIS_PREFIX_SNAPSHOTS": f"{tag}:snapshots:",
+        **extra,
+    }
+    return env, bucket, tag
+
+
+def s3_client(endpoint: str) -> Any:
+    return get_session().create_client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1",
+        aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+    )
+
+
+async def empty_bucket(s3: Any, bucket: str) -> None:
+    """Abort pending multipart uploads, delete every object, then the bucket."""
+    for upload in (await s3.list_multipart_uploads(Bucket=bucket)).get("Uploads", []):
+        await s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    paginator = s3.get_paginator("list_objects_v2")
+    async for page in paginator.paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            await s3.delete_object(Bucket=bucket, Key=item["Key"])
+    await s3.delete_bucket(Bucket=bucket)
+
+
+async def delete_tagged_keys(redis_addr: tuple[str, int], tag: str) -> None:
+    """Delete every Redis key of the test's hash tag."""
+    async with coredis.Redis(host=redis_addr[0], port=redis_addr[1]) as client:
+        keys = [k async for k in client.scan_iter(match=f"{tag}*")]
+        if keys:
+            await client.delete(keys)

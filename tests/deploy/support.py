@@ -1,0 +1,125 @@
+"""Paths of the deployment artefacts, and the worker's own view of them: the config loader
+run on a Secret's ``config.json``, and the probe routes taken from the app's router."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import functools
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from zephyr_edge import config as cfg
+from zephyr_edge import health
+from zephyr_edge.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "k8s"
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+SYSTEMD_UNIT = REPO / "deploy" / "systemd" / "zephyr-edge.service"
+VM_CONFIG = REPO / "deploy" / "systemd" / "config.example.json"
+DEPLOYMENT_DOC = REPO / "docs" / "deployment.md"
+CONTROLLER_CONFIGMAP = K8S / "ingress-nginx" / "controller-configmap.yaml"
+#: Kubernetes version whose schemas every manifest must satisfy (strict mode).
+K8S_VERSION = "1.31"
+#: Every kustomization a user may apply: the base and the overlays.
+TARGETS = {
+    "base": K8S,
+    "single-region": K8S / "overlays" / "single-region",
+    "us-east-1": K8S / "overlays" / "multi-region" / "us-east-1",
+    "eu-west-1": K8S / "overlays" / "multi-region" / "eu-west-1",
+}
+MULTI_REGION = ("us-east-1", "eu-west-1")
+CONFIG_FILE_NAME = "config.json"
+CONFIG_MOUNT = "/etc/ze-worker"
+#: What marks a placeholder for a secret in the shipped configurations.
+PLACEHOLDER = "CHANGE-ME"
+
+
+def find(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """The one object of ``kind`` in ``objs``."""
+    hits = [o for o in objs if o["kind"] == kind]
+    assert len(hits) == 1, f"expected one {kind}, found {len(hits)}"
+    return hits[0]
+
+
+def secret_config_text(secret: dict[str, Any]) -> str:
+    """The ``config.json`` held by a Secret (``stringData`` or base64 ``data``)."""
+    if CONFIG_FILE_NAME in secret.get("stringData", {}):
+        return secret["stringData"][CONFIG_FILE_NAME]
+    return base64.b64decode(secret["data"][CONFIG_FILE_NAME]).decode("utf-8")
+
+
+def load_config(text: str) -> cfg.Config:
+    """``text`` as a config file, through the worker's own loader (raises ConfigError)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / CONFIG_FILE_NAME
+        path.write_text(text, encoding="utf-8")
+        return cfg.load({cfg.CONFIG_FILE_KEY: str(path)})
+
+
+def config_problems(text: str) -> list[str]:
+    """Every problem the worker reports when starting on ``text``."""
+    try:
+        load_config(text)
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def raw_values(text: str) -> dict[str, Any]:
+    """The JSON(C) file's keys and values as written (comments stripped as the worker does)."""
+    return json.loads(cfg.strip_jsonc(text))
+
+
+def secret_keys(config: cfg.Config) -> set[str]:
+    """Keys of the core and of the selected backends whose values are secrets."""
+    parts = [(cfg.WorkerConfig, "")]
+    for choice in (config.storage, config.kv):
+        if choice.cls.Options is not None:
+            parts.append((choice.cls.Options, choice.cls.options_prefix))
+    return {cfg.key_of(f, prefix) for cls, prefix in parts for f in attrs.fields(cls) if f.metadata.get("secret")}
+
+
+def probe_routes(config: cfg.Config) -> dict[str, str]:
+    """``{"liveness": path, "readiness": path}`` from the router of the real app."""
+    from zephyr_edge.app import make_app
+
+    app = make_app(config)
+    paths = {}
+    for route in app.router.routes():
+        if route.method != "GET":
+            continue
+        if route.handler is health.healthz:
+            paths["liveness"] = route.resource.canonical
+        elif route.handler is health.readyz:
+            paths["readiness"] = route.resource.canonical
+    assert set(paths) == {"liveness", "readiness"}, f"health routes not found in the app: {paths}"
+    return paths
+
+
+@functools.lru_cache(maxsize=None)
+def _rendered(target: str) -> tuple[dict[str, Any], ...]:
+    from tests.deploy import kustomize
+
+    return tuple(kustomize.render(TARGETS[target]))
+
+
+def rendered(target: str) -> list[dict[str, Any]]:
+    """The objects of a kustomization target (a fresh copy: tests may break it)."""
+    return copy.deepcopy(list(_rendered(target)))
+
+
+def config_text(target: str) -> str:
+    """The ``config.json`` of the target's Secret."""
+    return secret_config_text(find(rendered(target), "Secret"))
+
+
+def worker_config(target: str) -> cfg.Config:
+    """The worker's configuration as the target's pods would load it."""
+    return load_config(config_text(target))

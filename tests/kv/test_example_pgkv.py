@@ -26,7 +26,7 @@ from tests.services import free_port
 from zephyr_edge import config, plugins
 from zephyr_edge.errors import BackendUnavailable, ConfigError, PluginNotFound
 from zephyr_edge.kv.base import Set
-from zephyr_edge.kv.testing import KVConformance
+from zephyr_edge.kv.testing import KeyFactory, KVConformance
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 #: A password that must never show in an error message (the unreachable DSN carries it).
@@ -217,6 +217,46 @@ async def test_statement_timeout_is_unavailable(tmp_path, pg_config, kv):
     finally:
         await blocker.close(timeout=TIMEOUT_S)
     assert await kv.get("{t}locked") == b"0"
+
+
+@pytest.mark.asyncio
+async def test_atomic_if_blocks_writers_of_keys_expected_absent(kv, kv2):
+    """While ``atomic_if`` holds its transaction, a plain write of a key it expects absent
+    waits, and then the conditional write has won."""
+    k = "{t}claimed"
+    started = asyncio.Event()
+    original = kv._apply
+
+    async def slow_apply(conn, op):  # hold the transaction open after the check
+        started.set()
+        await asyncio.sleep(0.3)
+        await original(conn, op)
+
+    kv._apply = slow_apply
+    conditional = asyncio.create_task(kv.atomic_if({k: None}, [Set(k, b"conditional")]))
+    await asyncio.wait_for(started.wait(), TIMEOUT_S)
+    assert await kv2.get(k) is None, "the placeholder row must never be visible"
+    assert await asyncio.wait_for(kv2.set_if_absent(k, b"plain"), TIMEOUT_S) is False
+    assert await asyncio.wait_for(conditional, TIMEOUT_S) is True
+    assert await kv2.get(k) == b"conditional"
+
+
+@pytest.mark.asyncio
+async def test_the_suite_catches_atomic_if_without_claiming_absent_keys(pg_config):
+    """Without the placeholder rows, a set_if_absent slips in between the check and the
+    write of an atomic_if expecting the key absent, and the shipped suite notices."""
+
+    class NoClaim(pg_config.kv.cls):
+        async def _claim(self, conn, expect):
+            rows = await conn.fetch(self._sql.lock_rows, sorted(expect))
+            current = {row["key"]: row["value"] for row in rows}
+            return all(current.get(key) == want for key, want in expect.items())
+
+    keys = KeyFactory()
+    async with NoClaim.open(pg_config.kv.options, pg_config.worker) as kv, \
+            NoClaim.open(pg_config.kv.options, pg_config.worker) as kv2:
+        with pytest.raises(AssertionError, match="expected one"):
+            await KVConformance().test_atomic_if_expecting_absent_races_set_if_absent(kv, kv2, keys)
 
 
 class Forwarder:

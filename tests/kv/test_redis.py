@@ -309,7 +309,12 @@ async def test_a_server_that_never_answers_fails_within_the_timeouts(backend):
     port = server.sockets[0].getsockname()[1]
     try:
         async with open_kv(backend, "127.0.0.1", port, connect_timeout_ms=300, command_timeout_ms=500) as kv:
-            for call in (kv.ping, lambda: kv.get("{ze-test-silent}:k"), lambda: kv.atomic([Set("{ze-test-silent}:k", b"v")])):
+            for call in (
+                kv.ping,
+                lambda: kv.get("{ze-test-silent}:k"),
+                lambda: kv.atomic([Set("{ze-test-silent}:k", b"v")]),
+                lambda: kv.atomic_if({"{ze-test-silent}:k": None}, [Set("{ze-test-silent}:k", b"v")]),
+            ):
                 await assert_unavailable_fast(call, bound=2.5)
     finally:
         server.close()

@@ -4,8 +4,9 @@ A KV backend stores byte values and sets of byte members under string keys. The 
 builds every key (from the configured prefixes, all sharing one Redis Cluster hash tag)
 and derives publish, hash lists, caching and replication from the primitives below.
 
-Keys passed to one :meth:`KV.atomic` call always share a hash tag (``{...}``), so a
-clustered backend may rely on them living in one slot.
+Keys passed to one :meth:`KV.atomic` or :meth:`KV.atomic_if` call (expected keys and op
+keys alike) always share a hash tag (``{...}``), so a clustered backend may rely on them
+living in one slot.
 
 Writing a backend: subclass :class:`KV`, give it an ``Options`` attrs class, implement
 ``open`` and the abstract methods, register the class in the ``zephyr_edge.kv``
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -125,6 +126,18 @@ class KV(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def atomic_if(self, expect: Mapping[str, bytes | None], ops: Sequence[Op]) -> bool:
+        """Like :meth:`atomic`, but only if every key of ``expect`` holds exactly the given
+        value at that moment (``None``: the key is absent); True when ``ops`` were applied,
+        False (nothing applied) otherwise. The check and the write are one atomic step: of
+        many concurrent callers expecting the same current value of a key that their
+        ``ops`` change, exactly one gets True. ``expect`` keys are plain values (never
+        sets) and share the hash tag of the ``ops`` keys; ``b""`` is a value, not absence.
+        ``ops`` may be empty (a pure check). The caveat of :meth:`atomic` about an op that
+        does not fit its key's type applies here too. Used for compare-and-set: replication leases and last-writer-wins publishes.
+        """
+
+    @abc.abstractmethod
     async def smembers(self, key: str) -> set[bytes]:
         """Members of the set at ``key`` (empty when absent)."""
 
@@ -136,6 +149,11 @@ class KV(abc.ABC):
     async def ping(self) -> None:
         """Cheap reachability check; raises BackendUnavailable/BackendError naming the
         problem, never a secret."""
+
+    async def scard(self, key: str) -> int:
+        """Number of members of the set at ``key`` (0 when absent). Backends with a cheap
+        count should override this default, which reads every member."""
+        return len(await self.smembers(key))
 
     async def sadd(self, key: str, *members: bytes) -> None:
         """Add members to the set at ``key``."""

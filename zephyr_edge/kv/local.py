@@ -17,7 +17,7 @@ import concurrent.futures
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -148,6 +148,16 @@ class LocalKV(KV):
         ops = list(ops)
         if ops:
             await self._run("atomic", local_sql.apply, ops)
+
+    async def atomic_if(self, expect: Mapping[str, bytes | None], ops: Sequence[Op]) -> bool:
+        expect = {key: None if value is None else bytes(value) for key, value in expect.items()}
+        ops = list(ops)
+        if not expect and not ops:
+            return True
+        return await self._run("atomic_if", local_sql.apply_if, expect, ops)
+
+    async def scard(self, key: str) -> int:
+        return await self._run("scard", local_sql.scard, key)
 
     async def smembers(self, key: str) -> set[bytes]:
         return await self._run("smembers", local_sql.smembers, key)

@@ -4,7 +4,7 @@ each one transaction, all run on the backend's own thread.
 Plain values live in ``kv_values``, set members in ``kv_set_members``, mirroring Redis: a
 key holds one or the other, ``Set``/``Delete`` replace or remove either. Writes take the
 database's write lock up front (``BEGIN IMMEDIATE``), so read-modify-write operations
-(``incr``, ``set_if_absent``, ``atomic``) are atomic across threads and processes; reads
+(``incr``, ``set_if_absent``, ``atomic``, ``atomic_if``) are atomic across threads and processes; reads
 that span statements run in one read transaction (a consistent WAL snapshot).
 """
 
@@ -14,7 +14,7 @@ import contextlib
 import logging
 import re
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from zephyr_edge.kv.base import Delete, Op, Set, SetAdd, SetRemove
@@ -147,22 +147,37 @@ def incr(conn: sqlite3.Connection, key: str) -> int:
 def apply(conn: sqlite3.Connection, ops: Sequence[Op]) -> None:
     """Apply ``ops`` in order in one transaction (all or nothing)."""
     with _write(conn):
-        for op in ops:
-            if isinstance(op, Set):
-                _set(conn, op.key, op.value)
-            elif isinstance(op, Delete):
-                _delete(conn, op.key)
-            elif isinstance(op, SetAdd):
-                conn.executemany(
-                    "INSERT OR IGNORE INTO kv_set_members (key, member) VALUES (?, ?)",
-                    [(op.key, m) for m in op.members],
-                )
-            elif isinstance(op, SetRemove):
-                conn.executemany(
-                    "DELETE FROM kv_set_members WHERE key = ? AND member = ?", [(op.key, m) for m in op.members]
-                )
-            else:
-                raise TypeError(f"unknown KV operation {op!r}")
+        _apply(conn, ops)
+
+
+def apply_if(conn: sqlite3.Connection, expect: Mapping[str, bytes | None], ops: Sequence[Op]) -> bool:
+    """Apply ``ops`` in one transaction if every key of ``expect`` holds its value (None:
+    absent); the check runs under the write lock, so no other writer comes in between."""
+    with _write(conn):
+        for key, want in expect.items():
+            if get(conn, key) != want:
+                return False
+        _apply(conn, ops)
+        return True
+
+
+def _apply(conn: sqlite3.Connection, ops: Sequence[Op]) -> None:
+    for op in ops:
+        if isinstance(op, Set):
+            _set(conn, op.key, op.value)
+        elif isinstance(op, Delete):
+            _delete(conn, op.key)
+        elif isinstance(op, SetAdd):
+            conn.executemany(
+                "INSERT OR IGNORE INTO kv_set_members (key, member) VALUES (?, ?)",
+                [(op.key, m) for m in op.members],
+            )
+        elif isinstance(op, SetRemove):
+            conn.executemany(
+                "DELETE FROM kv_set_members WHERE key = ? AND member = ?", [(op.key, m) for m in op.members]
+            )
+        else:
+            raise TypeError(f"unknown KV operation {op!r}")
 
 
 def smembers(conn: sqlite3.Connection, key: str) -> set[bytes]:
@@ -172,3 +187,7 @@ def smembers(conn: sqlite3.Connection, key: str) -> set[bytes]:
 def sismember(conn: sqlite3.Connection, key: str, member: bytes) -> bool:
     row = conn.execute("SELECT 1 FROM kv_set_members WHERE key = ? AND member = ?", (key, member)).fetchone()
     return row is not None
+
+
+def scard(conn: sqlite3.Connection, key: str) -> int:
+    return int(conn.execute("SELECT count(*) FROM kv_set_members WHERE key = ?", (key,)).fetchone()[0])

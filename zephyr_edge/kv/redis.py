@@ -2,7 +2,8 @@
 
 ``redis`` asks the server on first use whether it is a cluster (``INFO cluster``);
 ``redis-cluster`` skips the question. Every key the core passes to one :meth:`KV.atomic`
-call shares a hash tag, so a transaction (``MULTI``/``EXEC``) always targets one slot.
+call shares a hash tag, so a transaction (``MULTI``/``EXEC``) always targets one slot;
+:meth:`KV.atomic_if` is one Lua script (:mod:`zephyr_edge.kv.redis_scripts`) on that slot.
 
 Every call is bounded by ``connect_timeout_ms + command_timeout_ms``; every failure leaves
 as :class:`~zephyr_edge.errors.BackendUnavailable` or :class:`~zephyr_edge.errors.BackendError`
@@ -15,7 +16,7 @@ import asyncio
 import contextlib
 import re
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
@@ -24,6 +25,7 @@ from coredis.exceptions import (
     AuthorizationError,
     ClusterCrossSlotError,
     ClusterTransactionError,
+    NoScriptError,
     RedisClusterError,
     ReadOnlyError,
 )
@@ -34,6 +36,7 @@ from zephyr_edge.config import Port, secret
 from zephyr_edge.errors import BackendError, BackendUnavailable, ZephyrError
 from zephyr_edge.kv.base import KV, Delete, Op, Set, SetAdd, SetRemove
 from zephyr_edge.kv.redis_clients import Client, ClientProvider, ClientSettings
+from zephyr_edge.kv.redis_scripts import ATOMIC_IF, ATOMIC_IF_SHA, encode_atomic_if
 
 if TYPE_CHECKING:
     from zephyr_edge.config import WorkerConfig
@@ -158,6 +161,27 @@ class RedisKV(KV):
                     _queue(pipe, op)
 
         await self._call("MULTI/EXEC", run)
+
+    async def atomic_if(self, expect: Mapping[str, bytes | None], ops: Sequence[Op]) -> bool:
+        ops = [op for op in ops if not isinstance(op, (SetAdd, SetRemove)) or op.members]
+        if not expect and not ops:
+            return True
+        keys, args = encode_atomic_if(expect, ops)
+
+        async def run(c: Client) -> Any:
+            try:
+                return await c.evalsha(ATOMIC_IF_SHA, keys, args)
+            except NoScriptError:  # this node has not seen the script yet: send it once
+                return await c.eval(ATOMIC_IF, keys, args)
+
+        return await self._call("EVALSHA atomic_if", run) == 1
+
+    async def scard(self, key: str) -> int:
+        return int(await self._call("SCARD", lambda c: c.scard(key)))
+
+    async def sadd(self, key: str, *members: bytes) -> None:
+        if members:  # one SADD is atomic on its own: no MULTI/EXEC round trip
+            await self._call("SADD", lambda c: c.sadd(key, list(members)))
 
     async def smembers(self, key: str) -> set[bytes]:
         return set(await self._call("SMEMBERS", lambda c: c.smembers(key)))

@@ -3,8 +3,8 @@
 Two tables, created on first use: ``<prefix>_values`` (key -> bytea) holds plain values
 and counters, ``<prefix>_members`` (key, member) holds sets, one row per member.
 
-Every method is one SQL statement except :meth:`PostgresKV.atomic`, which applies its
-operations in one transaction. PostgreSQL makes a transaction's writes visible all at once
+Every method is one SQL statement except :meth:`PostgresKV.atomic` and
+:meth:`PostgresKV.atomic_if`, which apply their operations in one transaction. PostgreSQL makes a transaction's writes visible all at once
 when it commits, and under its default READ COMMITTED isolation each *statement* reads one
 snapshot, so a reader never sees half of an ``atomic`` call: ``get_many`` reads all its
 keys in one statement for that reason. Concurrent writers of one row wait for each other's
@@ -13,6 +13,13 @@ each first takes a transaction-scoped advisory lock on the keys' hash tag (the S
 that all keys of one call share it): ``atomic`` calls on one tag run one at a time, as a
 Redis Cluster runs a MULTI on one slot. A transaction PostgreSQL still rolls back (deadlock,
 serialization failure) is retried whole, a bounded number of times.
+
+``atomic_if`` takes the same lock, then locks the expected keys' rows (``SELECT ... FOR
+UPDATE``) and compares. A key expected absent has no row to lock, so it is claimed by
+inserting an invisible placeholder row (uncommitted, and removed again before commit unless
+an operation writes the key): a plain ``set``, ``set_if_absent`` or ``incr`` of that key,
+which does not take the advisory lock, then waits for the transaction instead of slipping in
+between the check and the write.
 
 Errors are translated here, at the boundary: cannot connect, connection lost, timeouts,
 server shutting down or out of connections -> :class:`BackendUnavailable`; anything else
@@ -25,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -93,6 +100,14 @@ class _Statements:
         self.lock = "SELECT pg_advisory_xact_lock(hashtext($1))"
         self.get = f"SELECT value FROM {values} WHERE key = $1"
         self.get_many = f"SELECT key, value FROM {values} WHERE key = ANY($1::text[])"
+        # In key order, so that concurrent transactions lock rows in one order.
+        self.lock_rows = f"SELECT key, value FROM {values} WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE"
+        # Claims absent keys: a row another transaction inserts meanwhile is not returned.
+        self.claim = (
+            f"INSERT INTO {values} (key, value) SELECT k, ''::bytea FROM unnest($1::text[]) AS k"
+            " ON CONFLICT (key) DO NOTHING RETURNING key"
+        )
+        self.unclaim = f"DELETE FROM {values} WHERE key = ANY($1::text[])"
         self.set = (
             f"INSERT INTO {values} (key, value) VALUES ($1, $2)"
             " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
@@ -111,7 +126,12 @@ class _Statements:
         self.sadd = f"INSERT INTO {members} (key, member) SELECT $1, unnest($2::bytea[]) ON CONFLICT DO NOTHING"
         self.srem = f"DELETE FROM {members} WHERE key = $1 AND member = ANY($2::bytea[])"
         self.smembers = f"SELECT member FROM {members} WHERE key = $1"
+        self.scard = f"SELECT count(*) FROM {members} WHERE key = $1"
         self.sismember = f"SELECT EXISTS (SELECT 1 FROM {members} WHERE key = $1 AND member = $2)"
+
+
+class _Mismatch(Exception):
+    """An expectation of ``atomic_if`` does not hold: roll back, answer False."""
 
 
 def hash_tag(key: str) -> str:
@@ -224,6 +244,39 @@ class PostgresKV(KV):
                         raise
                     log.debug("atomic: transaction rolled back by PostgreSQL, retrying (%d)", attempt)
 
+    async def atomic_if(self, expect: Mapping[str, bytes | None], ops: Sequence[Op]) -> bool:
+        expect = dict(expect)
+        ops = list(ops)
+        keys = [*expect, *(op.key for op in ops)]
+        if not keys:
+            return True
+        # Keys expected absent that no op writes: their placeholder rows go before commit.
+        written = {op.key for op in ops if isinstance(op, (Set, Delete))}
+        leftovers = sorted(k for k, want in expect.items() if want is None and k not in written)
+        async with self._connection("atomic_if") as conn:
+            for attempt in range(1, TX_ATTEMPTS + 1):
+                try:
+                    async with conn.transaction():
+                        await conn.execute(self._sql.lock, f"{self._prefix}:atomic:{hash_tag(keys[0])}")
+                        if not await self._claim(conn, expect):
+                            raise _Mismatch  # rolls back the placeholders
+                        for op in ops:
+                            await self._apply(conn, op)
+                        if leftovers:
+                            await conn.execute(self._sql.unclaim, leftovers)
+                    return True
+                except _Mismatch:
+                    return False
+                except asyncpg.exceptions.TransactionRollbackError:
+                    if attempt == TX_ATTEMPTS:
+                        raise
+                    log.debug("atomic_if: transaction rolled back by PostgreSQL, retrying (%d)", attempt)
+        return False  # not reached: the last attempt returns or raises
+
+    async def scard(self, key: str) -> int:
+        async with self._connection("scard") as conn:
+            return int(await conn.fetchval(self._sql.scard, key))
+
     async def smembers(self, key: str) -> set[bytes]:
         async with self._connection("smembers") as conn:
             return {row["member"] for row in await conn.fetch(self._sql.smembers, key)}
@@ -238,6 +291,22 @@ class PostgresKV(KV):
             await conn.fetchval("SELECT 1")
 
     # --- internals ----------------------------------------------------------------------
+
+    async def _claim(self, conn: asyncpg.Connection, expect: dict[str, bytes | None]) -> bool:
+        """Lock the rows of ``expect`` (placeholders for the absent ones) in this transaction;
+        whether every key holds its expected value."""
+        if not expect:
+            return True
+        rows = await conn.fetch(self._sql.lock_rows, sorted(expect))
+        current = {row["key"]: row["value"] for row in rows}
+        if any(current.get(key) != want for key, want in expect.items()):
+            return False
+        absent = sorted(k for k, want in expect.items() if want is None)
+        if not absent:
+            return True
+        # A key inserted (and committed) since the SELECT conflicts: it is no longer absent.
+        claimed = await conn.fetch(self._sql.claim, absent)
+        return len(claimed) == len(absent)
 
     async def _apply(self, conn: asyncpg.Connection, op: Op) -> None:
         match op:

@@ -12,6 +12,7 @@ import pytest_asyncio
 from zephyr_edge.errors import BackendUnavailable
 from zephyr_edge.kv.base import KV, Delete, Set, SetAdd, SetRemove
 from zephyr_edge.kv.testing.keys import KeyFactory
+from zephyr_edge.kv.testing.suite_cas import AtomicIfTests
 
 #: An unreachable backend must fail within this many seconds.
 UNREACHABLE_BOUND_S = 10.0
@@ -47,6 +48,8 @@ _CALLS: dict[str, Callable[[KV], Awaitable[object]]] = {
     "delete": lambda kv: kv.delete(UNREACHABLE_KEY),
     "incr": lambda kv: kv.incr(UNREACHABLE_KEY),
     "atomic": lambda kv: kv.atomic([Set(UNREACHABLE_KEY, b"v"), SetAdd(UNREACHABLE_KEY + "s", [b"m"])]),
+    "atomic_if": lambda kv: kv.atomic_if({UNREACHABLE_KEY: None}, [Set(UNREACHABLE_KEY, b"v")]),
+    "scard": lambda kv: kv.scard(UNREACHABLE_KEY),
     "smembers": lambda kv: kv.smembers(UNREACHABLE_KEY),
     "sismember": lambda kv: kv.sismember(UNREACHABLE_KEY, b"m"),
 }
@@ -70,8 +73,9 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-class KVConformance:
-    """Behaviour every :class:`~zephyr_edge.kv.base.KV` backend must have."""
+class KVConformance(AtomicIfTests):
+    """Behaviour every :class:`~zephyr_edge.kv.base.KV` backend must have (the
+    compare-and-set tests live in :mod:`zephyr_edge.kv.testing.suite_cas`)."""
 
     # --- fixtures ------------------------------------------------------------------------
     # ``kv`` comes from the user. The optional ones are looked up by name, so that they may

@@ -346,6 +346,28 @@ async def test_real_brotli(deployed):
     assert resp.headers["Content-Encoding"] == "br" and brotli.decompress(body) == JS
 
 
+async def test_real_brotli_streamed(make_site):
+    brotli = pytest.importorskip("brotli")
+    site = await make_site(ZE_WORKER_CACHE_MAX_ASSET_KB="64")
+    host = version_host_of(await site.deploy("1", {"index.html": INDEX_V1, "assets/vendor.js": BIG_JS}))
+    resp, body = await site.fetch("/assets/vendor.js", host, **{"Accept-Encoding": "gzip, br"})
+    assert resp.headers["Content-Encoding"] == "br" and brotli.decompress(body) == BIG_JS
+    assert resp.headers["ETag"] == "W/" + etag("assets/vendor.js", BIG_JS, "-br")
+
+
+async def test_streamed_assets_skip_a_codec_that_cannot_stream(make_site, monkeypatch):
+    stub = types.ModuleType("brotli")  # whole-body compress only, no Compressor
+    stub.compress = lambda data, quality=11: b"BR" + zlib.compress(data)
+    monkeypatch.setitem(sys.modules, "brotli", stub)
+    site = await make_site(ZE_WORKER_CACHE_MAX_ASSET_KB="64")
+    host = version_host_of(await site.deploy("1", {"index.html": INDEX_V1, "assets/vendor.js": BIG_JS}))
+    resp, body = await site.fetch("/assets/vendor.js", host, **{"Accept-Encoding": "br"})
+    assert "Content-Encoding" not in resp.headers and body == BIG_JS
+    assert resp.headers["ETag"] == etag("assets/vendor.js", BIG_JS)
+    resp, body = await site.fetch("/assets/vendor.js", host, **{"Accept-Encoding": "br, gzip;q=0.5"})
+    assert resp.headers["Content-Encoding"] == "gzip" and gzip.decompress(body) == BIG_JS
+
+
 # --- large assets -----------------------------------------------------------------------------
 
 BIG = os.urandom(3 * CHUNK_SIZE + 12345)
@@ -363,8 +385,23 @@ async def test_large_assets_stream_from_storage(make_site):
         assert (resp.status, body) == (200, BIG)
         assert int(resp.headers["Content-Length"]) == size and resp.headers["ETag"] == etag("assets/big.bin", BIG)
     assert len(gets) == 2, "large assets are never cached"
-    resp, body = await site.fetch("/assets/vendor.js", host, **{"Accept-Encoding": "gzip"})
+    # compressible: compressed on the fly, chunk by chunk, with a weak validator
+    for _ in range(2):
+        resp, body = await site.fetch("/assets/vendor.js", host, **{"Accept-Encoding": "gzip"})
+        assert resp.status == 200 and resp.headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(body) == BIG_JS and len(body) < len(BIG_JS) // 10
+        assert resp.headers["ETag"] == "W/" + etag("assets/vendor.js", BIG_JS, "-gz")
+        assert "Content-Length" not in resp.headers and resp.headers["Vary"] == "Accept-Encoding"
+    assert len(gets) == 4
+    resp, _ = await site.fetch("/assets/vendor.js", host, **{"Accept-Encoding": "gzip", "If-None-Match": resp.headers["ETag"]})
+    assert resp.status == 304
+    head, body = await site.fetch("/assets/vendor.js", host, method="HEAD", **{"Accept-Encoding": "gzip"})
+    assert (head.status, body, head.headers["Content-Encoding"]) == (200, b"", "gzip")
+    resp, body = await site.fetch("/assets/vendor.js", host)  # no Accept-Encoding: identity, with its length
     assert (resp.status, body) == (200, BIG_JS) and "Content-Encoding" not in resp.headers
+    assert int(resp.headers["Content-Length"]) == len(BIG_JS)
+    resp, body = await site.fetch("/assets/vendor.js", host, Range="bytes=0-9", **{"Accept-Encoding": "gzip"})
+    assert (resp.status, body) == (206, BIG_JS[:10]) and "Content-Encoding" not in resp.headers
 
     resp, body = await site.fetch("/assets/big.bin", host, Range=f"bytes={CHUNK_SIZE - 10}-{CHUNK_SIZE + 9}")
     assert (resp.status, body) == (206, BIG[CHUNK_SIZE - 10 : CHUNK_SIZE + 10])

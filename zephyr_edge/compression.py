@@ -12,7 +12,9 @@ from __future__ import annotations
 import gzip
 import importlib
 import logging
+import zlib
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import attrs
 
@@ -28,22 +30,53 @@ BROTLI_MODULE = "brotli"
 MAX_REMEMBERED_HEADERS = 256
 
 
+class StreamCoder(Protocol):
+    """An incremental compressor: feed chunks, then flush once."""
+
+    def compress(self, data: bytes) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
 @attrs.frozen
 class Codec:
-    """One content coding: its ``Content-Encoding`` token, ETag suffix and compressor."""
+    """One content coding: its ``Content-Encoding`` token, ETag suffix and compressor,
+    and (for assets streamed from storage) a factory of incremental compressors."""
 
     token: str
     etag_suffix: str
     compress: Callable[[bytes], bytes] = attrs.field(eq=False, repr=False)
     #: Other tokens naming the same coding in ``Accept-Encoding`` (``x-gzip``).
     aliases: tuple[str, ...] = ()
+    #: A new incremental compressor, or None when this codec can only compress whole bodies.
+    stream: Callable[[], StreamCoder] | None = attrs.field(default=None, eq=False, repr=False)
 
 
 def _gzip(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
 
 
-GZIP = Codec("gzip", "-gz", _gzip, ("x-gzip",))
+def _gzip_stream() -> StreamCoder:
+    # wbits 31: a gzip container (mtime 0, so the output is deterministic too)
+    return zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+
+
+GZIP = Codec("gzip", "-gz", _gzip, ("x-gzip",), _gzip_stream)
+
+
+class _BrotliStream:
+    """``brotli.Compressor`` under the :class:`StreamCoder` names."""
+
+    __slots__ = ("_compressor",)
+
+    def __init__(self, compressor: Any):
+        self._compressor = compressor
+
+    def compress(self, data: bytes) -> bytes:
+        return self._compressor.process(data)
+
+    def flush(self) -> bytes:
+        return self._compressor.finish()
 
 
 def brotli_codec() -> Codec | None:
@@ -57,7 +90,12 @@ def brotli_codec() -> Codec | None:
     def compress(data: bytes) -> bytes:
         return module.compress(data, quality=quality)
 
-    return Codec("br", "-br", compress)
+    stream = None
+    if hasattr(module, "Compressor"):
+        def stream() -> StreamCoder:
+            return _BrotliStream(module.Compressor(quality=quality))
+
+    return Codec("br", "-br", compress, stream=stream)
 
 
 def available_codecs() -> tuple[Codec, ...]:

@@ -43,11 +43,11 @@ class Variant:
 
     __slots__ = ("codec", "etag", "cache_key", "headers", "not_modified_headers")
 
-    def __init__(self, codec: Codec | None, asset_hash: str, base: Mapping[str, str]):
+    def __init__(self, codec: Codec | None, asset_hash: str, base: Mapping[str, str], weak: bool = False):
         self.codec = codec
         #: key of these bytes in the asset cache: the ETag without its quotes
         self.cache_key = asset_hash + (codec.etag_suffix if codec else "")
-        self.etag = f'"{self.cache_key}"'
+        self.etag = f'W/"{self.cache_key}"' if weak else f'"{self.cache_key}"'
         headers = dict(base)
         headers["ETag"] = self.etag
         if codec is not None:
@@ -68,10 +68,10 @@ class Route:
         self.storage_key = assets.storage_key(asset.hash)
         media_type = assets.content_type(asset.path)
         compressible = assets.is_compressible(media_type)
-        #: too large for the cache: streamed from storage, never compressed
+        #: too large for the cache: streamed from storage (and compressed on the fly)
         self.stream = asset.size > max_cached_bytes
-        #: a codec may be negotiated: compressible type, body neither tiny nor streamed
-        self.encodable = compressible and asset.size >= MIN_COMPRESS_BYTES and not self.stream
+        #: a codec may be negotiated: compressible type, body not tiny
+        self.encodable = compressible and asset.size >= MIN_COMPRESS_BYTES
         cache_control = assets.cache_control(asset.path)
         if cache_control == assets.CACHE_IMMUTABLE and not immutable_host:
             cache_control = CACHE_REVALIDATE
@@ -85,18 +85,27 @@ class Route:
         if compressible:
             base["Vary"] = "Accept-Encoding"
         self.identity = Variant(None, asset.hash, base)
+        # Compressed on the fly, a streamed variant's bytes are only equivalent, not
+        # byte-identical, across zlib/brotli versions: its ETag is weak.
+        usable = [c for c in codecs if not self.stream or c.stream is not None]
         self.encoded: Mapping[str, Variant] = (
-            {c.token: Variant(c, asset.hash, base) for c in codecs} if self.encodable else {}
+            {c.token: Variant(c, asset.hash, base, weak=self.stream) for c in usable} if self.encodable else {}
         )
 
     def variant(self, codec: Codec | None) -> Variant:
-        return self.identity if codec is None else self.encoded[codec.token]
+        """The representation for ``codec`` (identity for None or a codec this route
+        cannot produce)."""
+        if codec is None:
+            return self.identity
+        return self.encoded.get(codec.token, self.identity)
 
 
 def etag_matches(if_none_match: str, etag: str) -> bool:
     """Whether ``If-None-Match`` names ``etag`` (weak comparison, lists, ``*``)."""
     if if_none_match == etag:
         return True
+    if etag.startswith("W/"):
+        etag = etag[2:]
     for candidate in if_none_match.split(","):
         candidate = candidate.strip()
         if candidate == "*":

@@ -7,7 +7,8 @@ A warm request costs a few dict lookups: the ``Host`` header finds a
 :class:`~zephyr_edge.hostcache.HostEntry`, the raw path finds a precomputed
 :class:`~zephyr_edge.routes.Route` (headers of every variant), and the variant's ETag
 finds its bytes in the :class:`~zephyr_edge.assetcache.AssetCache`. Neither KV nor storage
-is touched. Assets larger than ``cache_max_asset_kb`` stream from storage chunk by chunk.
+is touched. Assets larger than ``cache_max_asset_kb`` stream from storage chunk by chunk,
+compressed on the fly (in a thread, with a weak ETag) when the client accepts it.
 
 Answers: unknown host or asset → 404 (an asset listed but not stored yet too; a missing
 file with an extension never gets ``index.html``); ``If-None-Match`` → 304; one ``Range``
@@ -35,7 +36,7 @@ from zephyr_edge.errors import BackendUnavailable, NotFound
 from zephyr_edge.hostcache import HostCache, watch_generation
 from zephyr_edge.keys import CATALOG_KEY, CONFIG_KEY, STORAGE_KEY
 from zephyr_edge.resolve import RangeNotSatisfiable, parse_range
-from zephyr_edge.routes import CORS_HEADERS, Route, etag_matches, preflight_headers
+from zephyr_edge.routes import CORS_HEADERS, Route, Variant, etag_matches, preflight_headers
 from zephyr_edge.snapshot import Asset
 from zephyr_edge.storage.base import Storage
 
@@ -69,12 +70,15 @@ NOT_STORED_BODY = _error_body(NotFound.code, "this file is not stored (yet)")
 class Serving:
     """The serve path's state of one application (created by :func:`serving_ctx`)."""
 
-    __slots__ = ("hosts", "assets", "negotiator")
+    __slots__ = ("hosts", "assets", "negotiator", "stream_negotiator")
 
-    def __init__(self, hosts: HostCache, assets: AssetCache, negotiator: Negotiator):
+    def __init__(self, hosts: HostCache, assets: AssetCache, negotiator: Negotiator,
+                 stream_negotiator: Negotiator | None = None):
         self.hosts = hosts
         self.assets = assets
         self.negotiator = negotiator
+        #: for assets streamed from storage: only the codecs that compress incrementally
+        self.stream_negotiator = stream_negotiator or negotiator
 
 
 #: The serve path's caches (set by :func:`serving_ctx`).
@@ -95,7 +99,8 @@ async def serving_ctx(app: web.Application) -> AsyncIterator[None]:
         route_factory=route_factory,
     )
     assets = AssetCache(app[STORAGE_KEY], budget_bytes=worker.cache_size_mb * MIB, max_asset_bytes=max_asset_bytes)
-    app[SERVING_KEY] = Serving(hosts, assets, Negotiator(codecs))
+    stream_codecs = tuple(c for c in codecs if c.stream is not None)
+    app[SERVING_KEY] = Serving(hosts, assets, Negotiator(codecs), Negotiator(stream_codecs))
     poller = asyncio.create_task(
         watch_generation(app[CATALOG_KEY], hosts, worker.invalidation_poll_ms / 1000), name="host-cache-invalidation"
     )
@@ -143,8 +148,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if route.encodable and range_header is None:
         accept = headers.get(hdrs.ACCEPT_ENCODING)
         if accept:
-            codec = serving.negotiator.choose(accept)
+            codec = (serving.stream_negotiator if route.stream else serving.negotiator).choose(accept)
     variant = route.variant(codec)
+    codec = variant.codec
     if_none_match = headers.get(hdrs.IF_NONE_MATCH)
     if if_none_match is not None and etag_matches(if_none_match, variant.etag):
         return web.Response(status=304, headers=variant.not_modified_headers)
@@ -169,14 +175,18 @@ async def handle(request: web.Request) -> web.StreamResponse:
                 partial = {**variant.headers, "Content-Range": f"bytes {start}-{last}/{len(data)}"}
                 return web.Response(status=206, body=data[start : last + 1], headers=partial)
         return web.Response(body=data, headers=variant.headers)
-    return await _stream(request, serving.assets.storage, route, range_header)
+    return await _stream(request, serving.assets.storage, route, range_header, variant)
 
 
 async def _stream(
-    request: web.Request, storage: Storage, route: Route, range_header: str | None
+    request: web.Request, storage: Storage, route: Route, range_header: str | None,
+    variant: Variant | None = None,
 ) -> web.StreamResponse:
-    """Answer from storage chunk by chunk (large assets; never compressed)."""
+    """Answer from storage chunk by chunk (large assets), compressed on the fly when
+    ``variant`` is a coded one (never with a range)."""
     key = route.storage_key
+    coder = variant.codec.stream() if variant is not None and variant.codec and variant.codec.stream else None
+    headers = variant.headers if coder is not None and variant is not None else route.identity.headers
     start, end, status = 0, None, 200
     if range_header is not None or request.method == hdrs.METH_HEAD:
         info = await _bounded(storage, f"head {key!r}", storage.head(key))
@@ -190,20 +200,22 @@ async def _stream(
             if span is not None:
                 start, end, status = span[0], span[1] + 1, 206
         if request.method == hdrs.METH_HEAD:
-            response = web.StreamResponse(status=status, headers=route.identity.headers)
+            response = web.StreamResponse(status=status, headers=headers)
             if status == 206:
                 response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
-            response.content_length = (info.size if end is None else end) - start
+            if coder is None:  # a compressed length is only known once compressed
+                response.content_length = (info.size if end is None else end) - start
             return response
     try:
         blob = await _bounded(storage, f"get {key!r}", storage.get(key, start, end))
     except NotFound:
         return _error(404, NOT_STORED_BODY)
     async with blob:
-        response = web.StreamResponse(status=status, headers=route.identity.headers)
+        response = web.StreamResponse(status=status, headers=headers)
         if status == 206:
             response.headers["Content-Range"] = f"bytes {blob.start}-{blob.end - 1}/{blob.size}"
-        response.content_length = blob.end - blob.start
+        if coder is None:
+            response.content_length = blob.end - blob.start
         await response.prepare(request)
         chunks = blob.chunks().__aiter__()
         try:
@@ -213,7 +225,12 @@ async def _stream(
                         chunk = await chunks.__anext__()
                     except StopAsyncIteration:
                         break
-                    await response.write(chunk)
+                    if coder is not None:  # zlib and brotli release the GIL: off the loop
+                        chunk = await asyncio.to_thread(coder.compress, chunk)
+                    if chunk:
+                        await response.write(chunk)
+            if coder is not None:
+                await response.write(await asyncio.to_thread(coder.flush))
         except ConnectionResetError:
             log.debug("Client went away during a streamed answer", extra={"fields": _fields(request, key)})
         except Exception as exc:  # headers are sent: all we can do is cut the connection

@@ -90,12 +90,10 @@ def brotli_codec() -> Codec | None:
     def compress(data: bytes) -> bytes:
         return module.compress(data, quality=quality)
 
-    stream = None
-    if hasattr(module, "Compressor"):
-        def stream() -> StreamCoder:
-            return _BrotliStream(module.Compressor(quality=quality))
+    def stream() -> StreamCoder:
+        return _BrotliStream(module.Compressor(quality=quality))
 
-    return Codec("br", "-br", compress, stream=stream)
+    return Codec("br", "-br", compress, stream=stream if hasattr(module, "Compressor") else None)
 
 
 def available_codecs() -> tuple[Codec, ...]:

@@ -145,3 +145,75 @@ async def test_http_valid_and_optional(client):
     assert resp.status == 403
     resp = await client.get("/read", params={"app": APP}, headers={auth.HEADER: ""})
     assert resp.status == 403 and "missing" in (await resp.json())["message"]
+
+
+# --- the verified-token cache -------------------------------------------------------------
+
+
+def _counting_verify(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    real = tokens.verify
+
+    def verify(token, secret, application_uid=None):
+        calls.append(token)
+        return real(token, secret, application_uid)
+
+    monkeypatch.setattr(tokens, "verify", verify)
+    return calls
+
+
+def test_a_cached_token_is_verified_once(monkeypatch):
+    calls = _counting_verify(monkeypatch)
+    cache = auth.VerifiedTokens()
+    token = tokens.mint(SECRET, APP)
+    for _ in range(5):
+        assert auth.verify_token(token, SECRET, APP, cache).application_uid == APP
+    assert calls == [token]
+    # the cache never widens what a token may do: another application is still refused
+    with pytest.raises(Forbidden, match="not 'other.repo.org'"):
+        auth.verify_token(token, SECRET, "other.repo.org", cache)
+    # nor does a hit under one secret count for another
+    with pytest.raises(Forbidden, match="bad signature"):
+        auth.verify_token(token, "another-secret-0123456789abcdef0123456789", APP, cache)
+
+
+def test_refused_tokens_are_not_cached(monkeypatch):
+    calls = _counting_verify(monkeypatch)
+    cache = auth.VerifiedTokens()
+    forged = jwt.encode(_claims(), "wrong-secret-0123456789abcdef0123456789ab", algorithm="HS256")
+    for _ in range(2):
+        with pytest.raises(Forbidden, match="bad signature"):
+            auth.verify_token(forged, SECRET, APP, cache)
+    assert calls == [forged, forged]
+
+
+def test_a_cached_token_is_checked_again_once_expired(monkeypatch):
+    calls = _counting_verify(monkeypatch)
+    cache = auth.VerifiedTokens()
+    token = tokens.mint(SECRET, APP, ttl_s=60)
+    auth.verify_token(token, SECRET, APP, cache)
+    assert cache.get(token, SECRET) is not None
+    later = time.time() + 60 + tokens.LEEWAY_S + 1
+    monkeypatch.setattr(time, "time", lambda: later)  # the cache's clock (PyJWT keeps its own)
+    assert cache.get(token, SECRET) is None
+    auth.verify_token(token, SECRET, APP, cache)
+    assert calls == [token, token]
+
+
+def test_the_cache_is_bounded(monkeypatch):
+    calls = _counting_verify(monkeypatch)
+    cache = auth.VerifiedTokens(size=2)
+    first, second, third = (tokens.mint(SECRET, f"app{i}.repo.org") for i in range(3))
+    for token in (first, second, third, third, second, first):
+        auth.verify_token(token, SECRET, None, cache)
+    assert calls == [first, second, third, first]  # first fell out when third came in
+
+
+async def test_uploads_use_the_cache(client, monkeypatch):
+    # the fixture app has no cache; the real app does (upload.setup): see test_upload
+    calls = _counting_verify(monkeypatch)
+    client.app[auth.VERIFIED_TOKENS_KEY] = auth.VerifiedTokens()
+    good = tokens.mint(SECRET, APP)
+    for _ in range(3):
+        assert (await client.post("/write", params={"app": APP}, headers={auth.HEADER: good})).status == 200
+    assert calls == [good]

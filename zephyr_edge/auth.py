@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+from collections import OrderedDict
 
 import jwt
 from aiohttp import web
@@ -19,6 +21,9 @@ from aiohttp import web
 from zephyr_edge import tokens
 from zephyr_edge.errors import Forbidden
 from zephyr_edge.keys import CONFIG_KEY
+
+#: How many distinct verified tokens a worker remembers (an agent uses one per deploy).
+TOKEN_CACHE_SIZE = 256
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +55,58 @@ def _algorithm_problem(token: str) -> str | None:
     return f"invalid can_write_jwt: algorithm {shown} not allowed (only {', '.join(tokens.ALGORITHMS)})"
 
 
-def verify_token(token: str | None, secret: str, application_uid: str | None = None) -> tokens.WriteClaims:
+class VerifiedTokens:
+    """The claims of recently verified tokens, so that the burst of uploads an agent sends
+    with one token checks its signature once. Bounded (least recently used out); an entry
+    is only used until the token's ``exp`` (plus the usual leeway), and only tokens that
+    passed every check are kept, so a hit gives exactly the answer a full check would."""
+
+    def __init__(self, size: int = TOKEN_CACHE_SIZE):
+        self._size = size
+        self._claims: OrderedDict[tuple[str, str], tokens.WriteClaims] = OrderedDict()
+
+    def get(self, token: str, secret: str) -> tokens.WriteClaims | None:
+        key = (token, secret)
+        claims = self._claims.get(key)
+        if claims is None:
+            return None
+        if time.time() > claims.exp + tokens.LEEWAY_S:
+            del self._claims[key]
+            return None
+        self._claims.move_to_end(key)
+        return claims
+
+    def put(self, token: str, secret: str, claims: tokens.WriteClaims) -> None:
+        self._claims[(token, secret)] = claims
+        self._claims.move_to_end((token, secret))
+        while len(self._claims) > self._size:
+            self._claims.popitem(last=False)
+
+
+#: A worker's :class:`VerifiedTokens` (set by :func:`zephyr_edge.upload.setup`).
+VERIFIED_TOKENS_KEY = web.AppKey("verified_tokens", VerifiedTokens)
+
+
+def verify_token(
+    token: str | None, secret: str, application_uid: str | None = None, cache: VerifiedTokens | None = None
+) -> tokens.WriteClaims:
     """The verified claims of ``token``; :class:`Forbidden` naming the reason otherwise.
 
-    ``application_uid``, when given, must be the token's application.
+    ``application_uid``, when given, must be the token's application. With ``cache``, a
+    token verified recently is not verified again.
     """
     if not secret:
         raise Forbidden("writes are disabled: no JWT secret is configured on this worker")
     token = token.strip() if token else None
-    if token:
-        problem = _algorithm_problem(token)
-        if problem:
-            raise Forbidden(problem)
-    claims = tokens.verify(token, secret)
+    claims = cache.get(token, secret) if cache is not None and token else None
+    if claims is None:
+        if token:
+            problem = _algorithm_problem(token)
+            if problem:
+                raise Forbidden(problem)
+        claims = tokens.verify(token, secret)
+        if cache is not None and token:
+            cache.put(token, secret, claims)
     if application_uid is not None and claims.application_uid != application_uid:
         raise Forbidden(
             f"can_write_jwt is for application {claims.application_uid!r}, not {application_uid!r}"
@@ -73,7 +117,10 @@ def verify_token(token: str | None, secret: str, application_uid: str | None = N
 def require_write(request: web.Request, application_uid: str | None = None) -> tokens.WriteClaims:
     """Check the request's ``can_write_jwt``; its claims, or :class:`Forbidden` (logged)."""
     try:
-        return verify_token(token_of(request), request.app[CONFIG_KEY].worker.jwt_secret, application_uid)
+        return verify_token(
+            token_of(request), request.app[CONFIG_KEY].worker.jwt_secret, application_uid,
+            request.app.get(VERIFIED_TOKENS_KEY),
+        )
     except Forbidden as exc:
         log.info(
             "Write refused: %s", exc,

@@ -550,7 +550,7 @@ async def publish_direct(snapshot_id: str, files: dict[str, UploadFile], env: di
         catalog = Catalog(kv, conf.worker)
         for f in files.values():
             await storage.put_bytes(storage_key(f.hash), f.body)
-            await catalog.add_hash(APP_UID, f.hash)
+            await catalog.add_hash(APP_UID, f.hash, f.name)
         snapshot = parse_snapshot(json.dumps(snapshot_json(snapshot_id, files)).encode(), APP_UID)
         await catalog.save_snapshot(snapshot, host)
     return host

@@ -110,6 +110,7 @@ async def client(aiohttp_client, tmp_path):
         return web.json_response({"app": claims.application_uid if claims else None})
 
     app = web.Application(middlewares=[error_middleware])
+    app[auth.VERIFIED_TOKENS_KEY] = auth.VerifiedTokens()
     app[CONFIG_KEY] = cfg
     app[REDACTOR_KEY] = Redactor([SECRET])
     app.router.add_post("/write", write)
@@ -210,9 +211,7 @@ def test_the_cache_is_bounded(monkeypatch):
 
 
 async def test_uploads_use_the_cache(client, monkeypatch):
-    # the fixture app has no cache; the real app does (upload.setup): see test_upload
     calls = _counting_verify(monkeypatch)
-    client.app[auth.VERIFIED_TOKENS_KEY] = auth.VerifiedTokens()
     good = tokens.mint(SECRET, APP)
     for _ in range(3):
         assert (await client.post("/write", params={"app": APP}, headers={auth.HEADER: good})).status == 200

@@ -58,3 +58,27 @@ def test_every_key_is_documented_with_its_default(kind, name):
 
 def test_config_file_key_is_documented():
     assert config.CONFIG_FILE_KEY in _rows()
+
+
+def _scaling_examples() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Scaling and replication", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```jsonc\n(.*?)```", section, re.DOTALL)
+
+
+def test_the_scaling_examples_load(tmp_path):
+    """Each worked configuration of the three scaling modes loads through the worker's own
+    loader and configures the mode it illustrates."""
+    examples = _scaling_examples()
+    assert len(examples) == 3
+    loaded = []
+    for i, example in enumerate(examples):
+        path = tmp_path / f"example-{i}.json"
+        path.write_text(example, encoding="utf-8")
+        loaded.append(config.load({config.CONFIG_FILE_KEY: str(path)}))
+    same_region, multi_region, combined = (c.worker for c in loaded)
+    assert not same_region.replica_name and not same_region.replicas_urls
+    assert multi_region.replica_name == "us-east-1" and len(multi_region.replicas_urls) == 2
+    assert combined.replica_name == "eu-west-1" and len(combined.replicas_urls) == 2
+    assert loaded[2].kv.name == "redis-cluster"
+    assert all(not c.warnings for c in loaded), [c.warnings for c in loaded]

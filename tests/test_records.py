@@ -4,8 +4,10 @@ tests also prove that every key carries the configured hash tag."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
@@ -17,7 +19,9 @@ from zephyr_edge import config, hostnames
 from zephyr_edge.errors import BadRequest, Forbidden, NotFound
 from zephyr_edge.kv.base import KV, Op
 from zephyr_edge.records import Catalog
+from zephyr_edge.replication import outbox
 from zephyr_edge.snapshot import parse_snapshot
+from zephyr_edge.stamps import Stamp
 from tests.upload_support import snapshot_body
 
 APP = "web.repo.org"
@@ -66,6 +70,10 @@ class RecordingKV(KV):
         self._seen(*(op.key for op in ops))
         await self.inner.atomic(ops)
 
+    async def atomic_if(self, expect, ops: Sequence[Op]):
+        self._seen(*expect, *(op.key for op in ops))
+        return await self.inner.atomic_if(expect, ops)
+
     async def smembers(self, key):
         self._seen(key)
         return await self.inner.smembers(key)
@@ -86,12 +94,13 @@ class Setup:
 
 
 @contextlib.asynccontextmanager
-async def open_catalog(kind: str, tmp_path, redis_addr=None) -> AsyncIterator[Setup]:
+async def open_catalog(kind: str, tmp_path, redis_addr=None, **extra: str) -> AsyncIterator[Setup]:
     tag = f"{{ze-test-{uuid.uuid4().hex[:12]}}}"
     env = {
         "ZE_WORKER_JWT_SECRET": "records-test-secret-0123456789abcdef",
         "ZE_WORKER_STORAGE_BACKEND": "local", "ZE_WORKER_DATA_DIR": str(tmp_path),
         "ZE_WORKER_REDIS_PREFIX_ENVS": f"{tag}:envs:", "ZE_WORKER_REDIS_PREFIX_SNAPSHOTS": f"{tag}:snapshots:",
+        **extra,
     }
     if kind == "redis":
         env.update({"ZE_WORKER_KV_BACKEND": "redis", "ZE_WORKER_REDIS_HOST": redis_addr[0],
@@ -102,7 +111,7 @@ async def open_catalog(kind: str, tmp_path, redis_addr=None) -> AsyncIterator[Se
     try:
         async with cfg.kv.cls.open(cfg.kv.options, cfg.worker) as inner:
             kv = RecordingKV(inner)
-            yield Setup(Catalog(kv, cfg.worker), kv, tag)
+            yield Setup(Catalog(kv, cfg.worker, outbox.journal_for(kv, cfg.worker)), kv, tag)
     finally:
         if kind == "redis":
             async with coredis.Redis(host=redis_addr[0], port=redis_addr[1]) as client:
@@ -140,10 +149,10 @@ def vhost(snapshot) -> str:
 async def test_hash_lists(setup):
     catalog = setup.catalog
     assert await catalog.hashes(APP) == set()
-    await catalog.add_hash(APP, "a" * 64)
-    await catalog.add_hash(APP, "a" * 64)
-    await catalog.add_hash(APP, "b" * 64)
-    await catalog.add_hash(OTHER, "c" * 64)
+    await catalog.add_hash(APP, "a" * 64, "a.js")
+    await catalog.add_hash(APP, "a" * 64, "a.js")
+    await catalog.add_hash(APP, "b" * 64, "b.js")
+    await catalog.add_hash(OTHER, "c" * 64, "c.js")
     assert await catalog.hashes(APP) == {"a" * 64, "b" * 64}
     assert await catalog.has_hash(APP, "b" * 64) and not await catalog.has_hash(APP, "c" * 64)
     assert await catalog.hashes(OTHER) == {"c" * 64}
@@ -187,7 +196,7 @@ async def test_generation_bumps_on_every_publish(setup):
     await catalog.publish(s.snapshot_id, ["a.test"])
     await catalog.publish(s.snapshot_id, ["a.test", "b.test"])
     assert await catalog.generation() == 3
-    await catalog.add_hash(APP, "a" * 64)  # not a publish
+    await catalog.add_hash(APP, "a" * 64, "a.js")  # not a publish
     assert await catalog.generation() == 3
 
 
@@ -273,3 +282,104 @@ async def test_hand_copied_and_broken_records(setup):
     # a record without a readable owner may be overwritten by a publish
     await catalog.publish(s.snapshot_id, ["broken.test"], APP)
     assert (await catalog.live("broken.test")).snapshot_id == s.snapshot_id
+
+
+# --- stamps, last writer wins, the replication journal ------------------------------------------
+
+
+def stamp(ms: int, replica: str = "b") -> Stamp:
+    return Stamp(ms, replica)
+
+
+async def test_every_hostname_write_is_stamped_later_than_the_last(setup):
+    catalog = setup.catalog
+    first, second = snap(build="1"), snap(build="2")
+    await catalog.save_snapshot(first, vhost(first))
+    await catalog.publish(first.snapshot_id, ["prod.test"])
+    held = (await catalog.stamps(["prod.test"]))["prod.test"]
+    assert held is not None and abs(held.ms - time.time() * 1000) < 60_000
+    # a remote region's clock far ahead: a later local publish still gets a greater stamp
+    ahead = stamp(held.ms + 10_000_000, "zz")
+    assert await catalog.apply_replicated(second, {"prod.test": ahead}) == ["prod.test"]
+    await catalog.publish(first.snapshot_id, ["prod.test"])
+    after = (await catalog.stamps(["prod.test"]))["prod.test"]
+    assert after > ahead and after.ms == ahead.ms + 1
+    assert (await catalog.live("prod.test")).snapshot_id == first.snapshot_id
+    assert (await catalog.host_states(APP))["prod.test"].stamp == after
+
+
+async def test_replicated_writes_apply_only_when_newer(setup):
+    catalog = setup.catalog
+    one, two = snap(build="1"), snap(build="2")
+    generation = await catalog.generation()
+    # unknown snapshot, unknown host: both stored
+    assert await catalog.apply_replicated(one, {"PROD.test:443": stamp(1000)}) == ["prod.test"]
+    assert (await catalog.live("prod.test")).snapshot_id == one.snapshot_id
+    assert await catalog.snapshot(one.snapshot_id) == one
+    assert await catalog.apps() == [APP]
+    assert await catalog.generation() == generation + 1
+    # older and equal stamps change nothing (the snapshot itself is still stored)
+    assert await catalog.apply_replicated(two, {"prod.test": stamp(999)}) == []
+    assert await catalog.apply_replicated(two, {"prod.test": stamp(1000)}) == []
+    assert (await catalog.live("prod.test")).snapshot_id == one.snapshot_id
+    assert await catalog.snapshot(two.snapshot_id) == two
+    assert await catalog.generation() == generation + 1
+    # same time, greater replica name wins (the same decision in every region)
+    assert await catalog.apply_replicated(two, {"prod.test": stamp(1000, "c")}) == ["prod.test"]
+    assert (await catalog.live("prod.test")).snapshot_id == two.snapshot_id
+    # applied twice: nothing changes
+    assert await catalog.apply_replicated(two, {"prod.test": stamp(1000, "c")}) == []
+    assert await catalog.snapshot_ids(APP) == {one.snapshot_id, two.snapshot_id}
+
+
+async def test_concurrent_replicated_writes_converge_on_the_greatest_stamp(setup):
+    catalog = setup.catalog
+    snaps = [snap(build=str(i)) for i in range(4)]
+    writes = [(snaps[i % 4], stamp(5000 + (i * 7919) % 97, f"r{i % 3}")) for i in range(24)]
+    await asyncio.gather(*(catalog.apply_replicated(s, {"race.test": st}) for s, st in writes))
+    winner = max(writes, key=lambda w: w[1])
+    assert (await catalog.stamps(["race.test"]))["race.test"] == winner[1]
+    assert (await catalog.live("race.test")).snapshot_id == winner[0].snapshot_id
+
+
+async def test_without_targets_nothing_is_journaled(setup):
+    assert setup.catalog.journal is None
+    s = snap()
+    await setup.catalog.save_snapshot(s, vhost(s))
+    assert not any(":outbox:" in k for k in setup.kv.keys)
+
+
+@pytest.fixture(params=["local", "redis"])
+async def replicating(request, tmp_path):
+    redis_addr = request.getfixturevalue("redis_addr") if request.param == "redis" else None
+    extra = {"ZE_WORKER_REPLICA_NAME": "a", "ZE_WORKER_REPLICAS_URLS": "http://b.test/,http://c.test"}
+    async with open_catalog(request.param, tmp_path, redis_addr, **extra) as opened:
+        yield opened
+
+
+async def test_client_writes_are_journaled_with_the_write(replicating):
+    catalog = replicating.catalog
+    box = catalog.journal
+    assert isinstance(box, outbox.Outbox) and box.targets == ("http://b.test", "http://c.test")
+    s = snap()
+    await catalog.add_hash(APP, "a" * 64, "index.html")
+    await catalog.save_snapshot(s, vhost(s))
+    await catalog.publish(s.snapshot_id, ["prod.test"])
+    for target in box.targets:
+        seqs = await box.pending(target)
+        entries = await box.entries(seqs)
+        assert [e.kind for e in entries] == ["file", "snapshot", "envs"]
+        assert entries[0].body == {"application_uid": APP, "hash": "a" * 64, "filename": "index.html"}
+        assert entries[1].body["snapshot_id"] == s.snapshot_id
+        assert set(entries[1].body["hosts"]) == {vhost(s)}
+        stamps = await catalog.stamps(["prod.test"])
+        assert entries[2].body == {"snapshot_id": s.snapshot_id, "hosts": {"prod.test": str(stamps["prod.test"])}}
+    # writes received from another region are never journaled again
+    before = await box.pending(box.targets[0])
+    await catalog.apply_replicated(snap(build="2"), {"other.test": stamp(10**13)})
+    await catalog.apply_file(APP, "b" * 64)
+    assert await box.pending(box.targets[0]) == before
+    # a refused write records nothing either
+    with pytest.raises(NotFound):
+        await catalog.publish("no-such-snapshot", ["prod.test"])
+    assert await box.pending(box.targets[0]) == before

@@ -25,6 +25,7 @@ from zephyr_edge import hostnames
 from zephyr_edge.config import Config
 from zephyr_edge.errors import BackendError, BackendUnavailable, Forbidden, NotFound, ZephyrError
 from zephyr_edge.records import Catalog, Version
+from zephyr_edge.replication import outbox
 from zephyr_edge.snapshot import InvalidLivePayload
 
 T = TypeVar("T")
@@ -86,7 +87,7 @@ def _run(config: Config, work: Callable[[Catalog], Awaitable[T]]) -> T:
     async def main() -> T:
         async with config.kv.cls.open(config.kv.options, config.worker) as kv:
             async with asyncio.timeout(COMMAND_TIMEOUT_S):
-                return await work(Catalog(kv, config.worker))
+                return await work(Catalog(kv, config.worker, outbox.journal_for(kv, config.worker)))
 
     return asyncio.run(main())
 

@@ -26,6 +26,8 @@ from zephyr_edge.config import Config
 from zephyr_edge.errors import BackendError, BackendUnavailable, BadRequest, ZephyrError
 from zephyr_edge.keys import CATALOG_KEY, CONFIG_KEY, KV_KEY, READINESS_KEY, REDACTOR_KEY, STORAGE_KEY
 from zephyr_edge.records import Catalog
+from zephyr_edge.replication import feature as replication_feature
+from zephyr_edge.replication import outbox
 
 __all__ = [
     "CATALOG_KEY", "CONFIG_KEY", "FEATURES", "KV_KEY", "READINESS_KEY", "REDACTOR_KEY", "RETRY_AFTER_S",
@@ -42,7 +44,7 @@ INTERNAL_MESSAGE = "internal server error"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Feature modules' ``setup(app)`` functions, in route order (see the module docstring).
-FEATURES: tuple[Callable[[web.Application], None], ...] = (health.setup, upload.setup, serve.setup)
+FEATURES: tuple[Callable[[web.Application], None], ...] = (health.setup, upload.setup, replication_feature.setup, serve.setup)
 
 
 def make_app(config: Config) -> web.Application:
@@ -68,7 +70,7 @@ async def backends_ctx(app: web.Application) -> AsyncIterator[None]:
             config.storage.cls.open(config.storage.options, config.worker)
         )
         app[KV_KEY] = await stack.enter_async_context(config.kv.cls.open(config.kv.options, config.worker))
-        app[CATALOG_KEY] = Catalog(app[KV_KEY], config.worker)
+        app[CATALOG_KEY] = Catalog(app[KV_KEY], config.worker, outbox.journal_for(app[KV_KEY], config.worker))
         log.info(
             "Backends opened",
             extra={"fields": {"storage.backend": config.storage.name, "kv.backend": config.kv.name}},

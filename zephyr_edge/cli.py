@@ -7,6 +7,8 @@
     zephyr-edge publish --host H --snapshot ID   point hostnames at a stored snapshot
     zephyr-edge rollback --host H --snapshot ID  the same, named for moving back
     zephyr-edge versions --app U [--json]  an app's snapshots with their hostnames
+    zephyr-edge replicate --resync URL     send another region whatever it lacks
+    zephyr-edge replicate --status         this region's replication state (JSON)
 
 Configuration problems exit with status 2 and one message on stderr listing all of them.
 """
@@ -92,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("versions", help="list an application's snapshots, newest first, with their hostnames")
     ver.add_argument("--app", required=True, metavar="APPLICATION_UID", help="the application (app.repo.org)")
     ver.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    rep = sub.add_parser(
+        "replicate", help="catch another region up, or show this region's replication state",
+        description="--resync URL compares every application of this region (configuration as for "
+        "`serve`) with the region at URL and sends the files, snapshots and hostnames it lacks, signed "
+        "with ZE_WORKER_JWT_SECRET as ZE_WORKER_REPLICA_NAME (or 'resync'). Progress on stderr, a JSON "
+        "summary on stdout; exit 0 when everything was sent, 1 when errors remain, 2 for bad "
+        "configuration. --status prints the /replicationz document read from this region's KV.",
+    )
+    what = rep.add_mutually_exclusive_group(required=True)
+    what.add_argument("--resync", metavar="URL", help="the other region's URL (its load balancer)")
+    what.add_argument("--status", action="store_true", help="print this region's replication state as JSON")
     return parser
 
 
@@ -109,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = commands.publish(environ, args.host, args.snapshot, force=args.force, action=args.command)
     elif args.command == "versions":
         code = commands.versions(environ, args.app, as_json=args.json)
+    elif args.command == "replicate":
+        code = commands.replicate(environ, resync=args.resync, status=args.status)
     else:
         code = commands.show_config(environ)
     sys.exit(code)

@@ -104,6 +104,19 @@ def versions(environ: Mapping[str, str], app_uid: str, as_json: bool = False) ->
     return admin.versions(config, app_uid, as_json=as_json)
 
 
+def replicate(environ: Mapping[str, str], *, resync: str | None = None, status: bool = False) -> int:
+    """``zephyr-edge replicate --resync URL`` / ``--status``
+    (:mod:`zephyr_edge.replication.resync_command`)."""
+    try:
+        config = cfg.load(environ)
+    except ConfigError as exc:
+        return config_error(exc)
+    _print_warnings(config)
+    from zephyr_edge.replication import resync_command
+
+    return resync_command.main(config, resync_url=resync, show_status=status)
+
+
 def find_secret(environ: Mapping[str, str], data_dir: str | None = None) -> str:
     """The JWT secret to sign with: the configured one (file or environment), else the one
     ``zephyr-edge dev`` persisted in the data directory. Raises :class:`ConfigError`.

@@ -103,6 +103,21 @@ class WorkerConfig:
     host_cache_ttl_ms: int = attrs.field(default=5000, validator=_at_least(0))
     #: How often each worker checks the publish counter to drop stale hostname entries.
     invalidation_poll_ms: int = attrs.field(default=250, validator=_at_least(10))
+    #: Replication: parallel deliveries per target region.
+    replication_concurrency: int = attrs.field(default=4, validator=_at_least(1))
+    #: Replication: bound of one sync request (a file body included).
+    replication_timeout_ms: int = attrs.field(default=120000, validator=_at_least(100))
+    #: Replication: longest pause between delivery rounds to an unreachable region
+    #: (exponential backoff with jitter up to this).
+    replication_retry_max_ms: int = attrs.field(default=30000, validator=_at_least(10))
+    #: Replication: how often the sender looks for new entries when idle.
+    replication_poll_ms: int = attrs.field(default=200, validator=_at_least(10))
+    #: Replication: a worker's claim on a target; another worker of the region takes over
+    #: a target whose claim was not renewed for this long (a dead worker).
+    replication_lease_ms: int = attrs.field(default=15000, validator=_at_least(100))
+    #: Replication: interval of the anti-entropy pass that compares with each target and
+    #: sends what it lacks (0 disables it).
+    replication_anti_entropy_ms: int = attrs.field(default=600000, validator=_at_least(0))
 
 
 @attrs.frozen

@@ -9,8 +9,17 @@ every key carries it, so each multi-key write is one Redis Cluster slot):
 - ``T:hashes:<app>`` → set of asset hashes whose bytes are durably stored for that app
 - ``T:app-snapshots:<app>`` → set of the app's snapshot ids
 - ``T:app-hosts:<app>`` → set of hostnames ever published for the app
+- ``T:host-stamp:<host>`` → the :class:`~zephyr_edge.stamps.Stamp` of the hostname's last
+  write (``<epoch ms>|<replica>``): last-writer-wins across regions
+- ``T:apps`` → set of application uids with at least one stored snapshot
 - ``T:generation`` → counter bumped after every publish; workers watch it to drop their
   hostname caches (cross-worker invalidation)
+
+Replication: with a :class:`Journal` (the region's outbox), every write accepted from a
+client (a new hash, a snapshot, a publish) is recorded for the other regions in the same
+atomic KV step that makes it visible here. Writes received from another region go through
+:meth:`Catalog.apply_replicated` / :meth:`Catalog.apply_file`, which never record them
+again, and apply a hostname only when its stamp is newer than the one held.
 
 Ownership: a snapshot id stored for one application cannot be saved again by another, and
 a publish on behalf of an application (``publish(..., application_uid=...)``) can neither
@@ -21,17 +30,39 @@ application. Records that cannot be read are skipped (and logged) by listings.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 import attrs
 
 from zephyr_edge import hostnames
 from zephyr_edge.config import WorkerConfig
-from zephyr_edge.errors import BadRequest, Forbidden, NotFound
+from zephyr_edge.errors import BackendError, BadRequest, Forbidden, NotFound
 from zephyr_edge.kv.base import KV, Op, Set, SetAdd
 from zephyr_edge.snapshot import InvalidLivePayload, Snapshot, load_live_payload
+from zephyr_edge.stamps import Stamp, newer, next_stamp
 
 log = logging.getLogger(__name__)
+
+#: Attempts of a hostname write that keeps losing its compare-and-set to concurrent writes.
+STAMPED_WRITE_ATTEMPTS = 20
+
+
+class Journal(Protocol):
+    """Where writes to replicate are recorded (:class:`zephyr_edge.replication.outbox.Outbox`)."""
+
+    async def record(self, kind: str, body: Mapping[str, Any]) -> list[Op]:
+        """The KV operations that record one write of ``kind`` (``file``, ``snapshot``,
+        ``envs``) described by ``body``; the caller applies them in the same atomic step
+        as the write itself."""
+
+
+@attrs.frozen
+class HostState:
+    """What a hostname serves here, and the stamp of its last write (None: unstamped)."""
+
+    snapshot_id: str
+    stamp: Stamp | None
 
 
 @attrs.frozen
@@ -45,8 +76,11 @@ class Version:
 class Catalog:
     """Snapshots, hostnames and hash lists on top of a :class:`KV`."""
 
-    def __init__(self, kv: KV, worker: WorkerConfig):
+    def __init__(self, kv: KV, worker: WorkerConfig, journal: Journal | None = None):
         self.kv = kv
+        #: Records writes for the other regions; None when this region sends nothing.
+        self.journal = journal
+        self._replica = worker.replica_name
         self._envs = worker.redis_prefix_envs
         self._snapshots = worker.redis_prefix_snapshots
         hostnames.configured_hash_tag(worker)  # raises ConfigError for unusable prefixes
@@ -62,9 +96,16 @@ class Catalog:
     def _key(self, *parts: str) -> str:
         return hostnames.tagged_key(self._envs, *parts)
 
+    def stamp_key(self, host: str) -> str:
+        return self._key("host-stamp", host)
+
     @property
     def generation_key(self) -> str:
         return self._key("generation")
+
+    @property
+    def apps_key(self) -> str:
+        return self._key("apps")
 
     # --- hash lists ---------------------------------------------------------------------
 
@@ -73,9 +114,20 @@ class Catalog:
         members = await self.kv.smembers(self._key("hashes", application_uid))
         return {m.decode("ascii") for m in members}
 
-    async def add_hash(self, application_uid: str, asset_hash: str) -> None:
-        """Record ``asset_hash`` for the app; call only once its bytes are durably stored."""
-        await self.kv.atomic([SetAdd(self._key("hashes", application_uid), [asset_hash.encode("ascii")])])
+    async def add_hash(self, application_uid: str, asset_hash: str, filename: str) -> None:
+        """Record ``asset_hash`` (uploaded as ``filename``) for the app; call only once its
+        bytes are durably stored. Recorded for the other regions in the same step."""
+        key, member = self._key("hashes", application_uid), asset_hash.encode("ascii")
+        if self.journal is None:
+            await self.kv.sadd(key, member)
+            return
+        body = {"application_uid": application_uid, "hash": asset_hash, "filename": filename}
+        await self.kv.atomic([SetAdd(key, [member]), *await self.journal.record("file", body)])
+
+    async def apply_file(self, application_uid: str, asset_hash: str) -> None:
+        """List ``asset_hash`` for the app after another region sent its bytes (stored
+        already); never recorded for replication again."""
+        await self.kv.sadd(self._key("hashes", application_uid), asset_hash.encode("ascii"))
 
     async def has_hash(self, application_uid: str, asset_hash: str) -> bool:
         return await self.kv.sismember(self._key("hashes", application_uid), asset_hash.encode("ascii"))
@@ -97,15 +149,7 @@ class Catalog:
             )
         version_host = _normalized([version_host], "version_host")[0]
         await self._check_hosts_owner(snapshot.application_uid, [version_host])
-        body = snapshot.to_json()
-        await self._write(
-            snapshot.application_uid,
-            [
-                Set(self.snapshot_key(snapshot.snapshot_id), body),
-                SetAdd(self._key("app-snapshots", snapshot.application_uid), [snapshot.snapshot_id.encode()]),
-            ],
-            {version_host: body},
-        )
+        await self._stamped_write(snapshot, [version_host], self._snapshot_ops(snapshot), "snapshot")
 
     async def publish(
         self, snapshot_id: str, hosts: Iterable[str], application_uid: str | None = None
@@ -125,8 +169,7 @@ class Catalog:
             if snapshot.application_uid != application_uid:
                 raise NotFound(f"snapshot {snapshot_id!r} is not stored for application {application_uid!r}")
             await self._check_hosts_owner(application_uid, names)
-        body = snapshot.to_json()
-        await self._write(snapshot.application_uid, [], {h: body for h in names})
+        await self._stamped_write(snapshot, names, [], "envs")
         return snapshot
 
     async def _check_hosts_owner(self, application_uid: str, hosts: list[str]) -> None:
@@ -142,13 +185,60 @@ class Catalog:
             if owner and owner != application_uid:
                 raise Forbidden(f"host {host!r} serves application {owner!r}")
 
-    async def _write(self, application_uid: str, ops: list[Op], live: dict[str, bytes]) -> None:
-        if live:
-            ops = ops + [Set(self.envs_key(h), body) for h, body in live.items()]
-            ops.append(SetAdd(self._key("app-hosts", application_uid), [h.encode() for h in live]))
-        await self.kv.atomic(ops)
-        if live:
-            await self.kv.incr(self.generation_key)
+    def _snapshot_ops(self, snapshot: Snapshot) -> list[Op]:
+        uid = snapshot.application_uid
+        return [
+            Set(self.snapshot_key(snapshot.snapshot_id), snapshot.to_json()),
+            SetAdd(self._key("app-snapshots", uid), [snapshot.snapshot_id.encode()]),
+            SetAdd(self.apps_key, [uid.encode()]),
+        ]
+
+    def _host_ops(self, snapshot: Snapshot, stamps: Mapping[str, Stamp]) -> list[Op]:
+        body = snapshot.to_json()
+        ops: list[Op] = []
+        for host, stamp in stamps.items():
+            ops += [Set(self.envs_key(host), body), Set(self.stamp_key(host), stamp.encode())]
+        if stamps:
+            ops.append(SetAdd(self._key("app-hosts", snapshot.application_uid), [h.encode() for h in stamps]))
+        return ops
+
+    async def _stamped_write(self, snapshot: Snapshot, hosts: list[str], ops: list[Op], kind: str) -> None:
+        """Point ``hosts`` at ``snapshot`` with a stamp later than any they hold, together
+        with ``ops`` and (with a journal) the record of the write, as one compare-and-set
+        on the hosts' stamps (redone when a concurrent write changed one of them)."""
+        keys = [self.stamp_key(h) for h in hosts]
+        for _ in range(STAMPED_WRITE_ATTEMPTS):
+            held_raw = await self.kv.get_many(keys)
+            held = [s for s in map(Stamp.decode, held_raw) if s is not None]
+            stamp = next_stamp(max(held, default=None), self._replica)
+            stamps = {h: stamp for h in hosts}
+            write = ops + self._host_ops(snapshot, stamps)
+            if self.journal is not None:
+                body = {"snapshot_id": snapshot.snapshot_id, "hosts": {h: str(s) for h, s in stamps.items()}}
+                write += await self.journal.record(kind, body)
+            if await self.kv.atomic_if(dict(zip(keys, held_raw)), write):
+                await self.kv.incr(self.generation_key)
+                return
+        raise BackendError(self.kv.name, f"hostname write kept conflicting with concurrent writes of {hosts!r}")
+
+    async def apply_replicated(self, snapshot: Snapshot, stamps: Mapping[str, Stamp]) -> list[str]:
+        """Store ``snapshot`` sent by another region and point each host of ``stamps`` at
+        it when that stamp is newer than the one held here (last writer wins); never
+        recorded for replication again. Idempotent. The hosts actually moved."""
+        incoming: dict[str, Stamp] = {}
+        for host, stamp in stamps.items():
+            name = _normalized([host], "hosts")[0]
+            incoming[name] = max(stamp, incoming.get(name, stamp))
+        keys = {h: self.stamp_key(h) for h in incoming}
+        for _ in range(STAMPED_WRITE_ATTEMPTS):
+            held_raw = dict(zip(keys, await self.kv.get_many(list(keys.values()))))
+            winners = {h: s for h, s in incoming.items() if newer(s, Stamp.decode(held_raw[h]))}
+            expect = {keys[h]: held_raw[h] for h in winners}
+            if await self.kv.atomic_if(expect, self._snapshot_ops(snapshot) + self._host_ops(snapshot, winners)):
+                if winners:
+                    await self.kv.incr(self.generation_key)
+                return sorted(winners)
+        raise BackendError(self.kv.name, f"replicated hostname write kept conflicting for {sorted(incoming)!r}")
 
     async def snapshot(self, snapshot_id: str) -> Snapshot | None:
         raw = await self.kv.get(self.snapshot_key(snapshot_id))
@@ -162,6 +252,30 @@ class Catalog:
             return None
         raw = await self.kv.get(self.envs_key(name))
         return None if raw is None else load_live_payload(raw)
+
+    # --- inventory (anti-entropy) --------------------------------------------------------
+
+    async def apps(self) -> list[str]:
+        """Application uids with at least one stored snapshot, sorted."""
+        return sorted(m.decode() for m in await self.kv.smembers(self.apps_key))
+
+    async def snapshot_ids(self, application_uid: str) -> set[str]:
+        return {m.decode() for m in await self.kv.smembers(self._key("app-snapshots", application_uid))}
+
+    async def host_states(self, application_uid: str) -> dict[str, HostState]:
+        """Every hostname published for the app that serves a readable snapshot, with its stamp."""
+        hosts = sorted(m.decode() for m in await self.kv.smembers(self._key("app-hosts", application_uid)))
+        lives = _readable(hosts, await self.kv.get_many([self.envs_key(h) for h in hosts]))
+        stamps = await self.kv.get_many([self.stamp_key(h) for h in hosts])
+        return {
+            host: HostState(live.snapshot_id, Stamp.decode(raw))
+            for host, live, raw in zip(hosts, lives, stamps)
+            if live is not None
+        }
+
+    async def stamps(self, hosts: Iterable[str]) -> dict[str, Stamp | None]:
+        names = list(hosts)
+        return dict(zip(names, map(Stamp.decode, await self.kv.get_many([self.stamp_key(h) for h in names]))))
 
     async def generation(self) -> int:
         """The publish counter (0 before the first publish)."""

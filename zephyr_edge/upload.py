@@ -15,14 +15,13 @@ before its body is read; an asset's bytes are hashed while they stream to storag
 mismatch aborts the (atomic) write; the hash joins the application's hash list only once
 its bytes are stored; a rejected request (403, 400, 413, 501) changes nothing.
 
-An asset already in storage (same hash, same size) is not written again: its body is
-still read and its hash checked (it is cheap, and it proves that this application has
-the bytes before the hash joins its list), then the hash is added.
+An asset already listed for the application is not written again: its body is still read
+and its hash checked (:func:`zephyr_edge.ingest.store_asset`, shared with the replication
+receiver's ``sync-file``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,10 +29,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 import zephyr_edge
-from zephyr_edge import auth, assets, bodies, publicurl
-from zephyr_edge.errors import BackendError, BadRequest
-from zephyr_edge.keys import CATALOG_KEY, CONFIG_KEY, STORAGE_KEY
-from zephyr_edge.snapshot import APPLICATION_UID_RE, MAX_ID_CHARS, parse_envs_payload, parse_snapshot
+from zephyr_edge import auth, assets, bodies, ingest, publicurl
+from zephyr_edge.errors import BadRequest
+from zephyr_edge.keys import CATALOG_KEY, CONFIG_KEY
+from zephyr_edge.snapshot import parse_envs_payload, parse_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +40,13 @@ HASH_LIST_PATH = "/__get_application_hash_list__"
 UPLOAD_PATH = "/upload"
 #: The answer to an unknown ``type`` (its exact text is what the agent matches).
 NOT_IMPLEMENTED = "Not Implemented"
-MiB = 1024 * 1024
+MiB = ingest.MiB
 #: Largest accepted snapshot JSON (a manifest of many thousands of assets fits easily).
 MAX_SNAPSHOT_BYTES = 32 * MiB
 #: Largest accepted publish (``type=envs``) body.
 MAX_ENVS_BYTES = 1 * MiB
-#: Bound of one whole file upload (body and storage write); the client's own deadline is
-#: 30 s with agent 1.2, so this only stops a stuck upload from holding resources forever.
-FILE_UPLOAD_TIMEOUT_S = 600.0
+#: Bound of one whole file upload (body and storage write): see :mod:`zephyr_edge.ingest`.
+FILE_UPLOAD_TIMEOUT_S = ingest.FILE_UPLOAD_TIMEOUT_S
 NO_STORE = {"Cache-Control": "no-store"}
 
 UploadHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -59,6 +57,7 @@ UPLOAD_TYPES_KEY = web.AppKey("upload_types", dict)
 def setup(app: web.Application) -> None:
     """Add the hash-list and upload routes and the upload type table to ``app``."""
     app[UPLOAD_TYPES_KEY] = {"file": upload_file, "snapshot": upload_snapshot, "envs": upload_envs}
+    app[auth.VERIFIED_TOKENS_KEY] = auth.VerifiedTokens()
     app.router.add_get(HASH_LIST_PATH, hash_list)
     app.router.add_post(UPLOAD_PATH, upload)
 
@@ -83,18 +82,12 @@ def _ok(body: dict[str, object]) -> web.Response:
     return web.json_response(body, headers=NO_STORE)
 
 
-def _application_uid(value: str | None, field: str = "application_uid") -> str:
-    if not value or len(value) > MAX_ID_CHARS or not APPLICATION_UID_RE.fullmatch(value):
-        raise BadRequest(f"{field}: expected an application uid (app.repo.org)", field=field)
-    return value
-
-
 # --- hash list --------------------------------------------------------------------------
 
 
 async def hash_list(request: web.Request) -> web.Response:
     """``{"hashes": [...]}`` of ``application_uid`` (sorted; ``[]`` for an unknown app)."""
-    uid = _application_uid(request.query.get("application_uid"))
+    uid = ingest.validate_application_uid(request.query.get("application_uid"))
     auth.optional_write(request, uid)
     hashes = await request.app[CATALOG_KEY].hashes(uid)
     return _ok({"hashes": sorted(hashes)})
@@ -108,40 +101,19 @@ async def upload_file(request: web.Request) -> web.Response:
     claims = auth.require_write(request)
     expected = assets.validate_hash(request.query.get("hash"), "hash")
     filename = assets.validate_filename(request.query.get("filename"), "filename")
-    limit = request.app[CONFIG_KEY].worker.max_file_size_mb * MiB
-    bodies.check_announced_size(request, limit, "the file")
-    storage, key = request.app[STORAGE_KEY], assets.storage_key(expected)
-    body = bodies.VerifiedAsset(request, expected, filename, limit)
     started = time.monotonic()
-    deadline = asyncio.timeout(FILE_UPLOAD_TIMEOUT_S)
-    try:
-        async with deadline:
-            # Listed for the app means durably stored (the hash joins the list only after
-            # its write): check the body anyway, without writing it again. Otherwise write:
-            # a put under a content hash is atomic and idempotent, so no HEAD is needed
-            # first (it would double the storage requests of every upload).
-            reuse = await request.app[CATALOG_KEY].has_hash(claims.application_uid, expected)
-            if reuse:
-                size = await body.drain()
-            else:
-                await storage.put(key, body.chunks(), request.content_length)
-                if body.size is None:  # the backend stopped reading early: a contract breach
-                    raise BackendError(storage.name, f"put {key!r} returned before the end of the body")
-                size = body.size
-    except TimeoutError:
-        if deadline.expired():
-            raise bodies.RequestTimeout(f"the upload did not complete within {FILE_UPLOAD_TIMEOUT_S:g} s") from None
-        raise
-    await request.app[CATALOG_KEY].add_hash(claims.application_uid, expected)
+    stored = await ingest.store_asset(request, claims.application_uid, expected, filename, FILE_UPLOAD_TIMEOUT_S)
+    if not stored.reused:
+        await request.app[CATALOG_KEY].add_hash(claims.application_uid, expected, filename)
     log.info(
-        "Asset already stored" if reuse else "Asset stored",
+        "Asset already stored" if stored.reused else "Asset stored",
         extra={"fields": {
             "zephyr.application_uid": claims.application_uid, "zephyr.asset.hash": expected,
-            "zephyr.asset.size": size, "zephyr.asset.filename": filename,
+            "zephyr.asset.size": stored.size, "zephyr.asset.filename": filename,
             "duration_ms": round((time.monotonic() - started) * 1000, 1),
         }},
     )
-    return _ok({"status": "ok", "hash": expected, "size": size, "already_stored": reuse})
+    return _ok({"status": "ok", "hash": expected, "size": stored.size, "already_stored": stored.reused})
 
 
 # --- snapshots and publishing -----------------------------------------------------------

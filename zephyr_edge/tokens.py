@@ -78,7 +78,7 @@ def verify(token: str | None, secret: str, application_uid: str | None = None) -
     except jwt.ExpiredSignatureError:
         raise Forbidden("can_write_jwt has expired") from None
     except jwt.InvalidTokenError as exc:
-        raise Forbidden(f"invalid can_write_jwt: {_reason(exc)}") from None
+        raise Forbidden(f"invalid can_write_jwt: {failure_reason(exc)}") from None
     uid = claims.get("application_uid")
     if not isinstance(uid, str) or not uid:
         raise Forbidden("invalid can_write_jwt: no application_uid")
@@ -89,8 +89,8 @@ def verify(token: str | None, secret: str, application_uid: str | None = None) -
     return WriteClaims(uid, int(claims["exp"]), claims)
 
 
-def _reason(exc: jwt.InvalidTokenError) -> str:
-    """A short, token-free reason for a verification failure."""
+def failure_reason(exc: jwt.InvalidTokenError) -> str:
+    """A short, token-free reason for a verification failure (also used for sync tokens)."""
     if isinstance(exc, jwt.MissingRequiredClaimError):
         return f"missing {exc.claim!r} claim"
     if isinstance(exc, jwt.InvalidSignatureError):

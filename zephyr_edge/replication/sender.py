@@ -41,11 +41,12 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from zephyr_edge.assets import storage_key
 from zephyr_edge.config import WorkerConfig
+from zephyr_edge.errors import NotFound
 from zephyr_edge.records import Catalog
 from zephyr_edge.replication import antientropy, status
 from zephyr_edge.replication.client import DeliveryError
@@ -374,11 +375,24 @@ class TargetSender:
                 key = storage_key(digest)
             except (KeyError, ValueError) as exc:
                 raise Gone(f"malformed file entry: {exc}") from None
-            info = await self.storage.head(key)
-            if info is None:
-                raise Gone(f"asset {digest} is no longer in local storage")
-            await client.send_file(app, digest, filename, info.size,
-                                   lambda: antientropy.stream_asset(self.storage, key), jti=jti)
+            try:
+                blob = await self.storage.get(key)  # no HEAD first: the open object tells its size
+            except NotFound:
+                raise Gone(f"asset {digest} is no longer in local storage") from None
+            opened = [blob]
+
+            async def chunks() -> AsyncIterator[bytes]:
+                # the first call reads the object opened above; a resend opens it again
+                source = opened.pop() if opened else await self.storage.get(key)
+                async with source:
+                    async for chunk in source.chunks():
+                        yield chunk
+
+            try:
+                await client.send_file(app, digest, filename, blob.size, chunks, jti=jti)
+            finally:
+                if opened:  # never read (the request failed before its body)
+                    await opened.pop().aclose()
         elif entry.kind in (KIND_SNAPSHOT, KIND_ENVS):
             snapshot_id, hosts = body.get("snapshot_id"), body.get("hosts") or {}
             try:

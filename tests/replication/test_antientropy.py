@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tests.replication.conftest import FakeRegion, eventually
 from tests.upload_support import APP, SECRET, snapshot_body
 from zephyr_edge.assets import asset_hash, extension, storage_key
@@ -91,7 +93,10 @@ async def test_newer_hosts_on_the_target_are_left_alone(backends, start_worker, 
     assert report.hosts_sent == 0 and fake_region.hosts["prod-ze.example.com"][1] == "other"
 
 
-async def test_assets_under_a_base_path_are_sent_with_their_upload_filename(backends, start_worker):
+@pytest.mark.parametrize("read", ["in memory", "streamed"])
+async def test_assets_under_a_base_path_are_sent_with_their_upload_filename(backends, start_worker, monkeypatch, read):
+    if read == "streamed":
+        monkeypatch.setattr(antientropy, "SMALL_ASSET_BYTES", 1)
     us = await start_worker(backends("us"), "us")
     eu = await start_worker(backends("eu"), "eu")
     uploaded = {"assets/main.js": b"export const x = 1", "index.html": b"<html>base</html>"}

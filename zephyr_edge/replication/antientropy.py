@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from zephyr_edge.assets import storage_key
+from zephyr_edge.assets import asset_hash as hash_of, storage_key
+from zephyr_edge.errors import NotFound
 from zephyr_edge.records import Catalog
 from zephyr_edge.replication.protocol import CHECK_BATCH
 from zephyr_edge.snapshot import Snapshot
@@ -52,6 +53,9 @@ log = logging.getLogger(__name__)
 ABORT_AFTER_FAILED_APPS = 3
 #: Errors logged at warning per pass (the rest at debug; all are counted).
 MAX_LOGGED_ERRORS = 20
+#: Assets up to this size are read once, into memory, both to find their upload name and to
+#: send them; larger ones are streamed (and read twice when the name must be found).
+SMALL_ASSET_BYTES = 1024 * 1024
 
 
 @attrs.define
@@ -88,6 +92,10 @@ async def stream_asset(storage: Storage, key: str) -> AsyncIterator[bytes]:
     async with await storage.get(key) as blob:
         async for chunk in blob.chunks():
             yield chunk
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 def filename_candidates(paths: Iterable[str]) -> list[str]:
@@ -255,23 +263,33 @@ class _Pass:
     async def _file(self, app: str, asset_hash: str, paths: list[str]) -> None:
         try:
             key = storage_key(asset_hash)
-            info = await self.storage.head(key)
-            if info is None:
+            try:
+                blob = await self.storage.get(key)
+            except NotFound:
                 self.report.files_not_stored += 1
                 self._changed()
                 return
-            name = await find_filename(self.storage, key, asset_hash, filename_candidates(paths))
+            async with blob:
+                size = blob.size
+                data = await blob.read() if size <= SMALL_ASSET_BYTES else None
+            candidates = filename_candidates(paths)
+            if data is not None:
+                name = next((n for n in candidates if len(candidates) == 1 or hash_of(data, n) == asset_hash), None)
+                chunks: Callable[[], AsyncIterator[bytes]] = lambda: _one_chunk(data)  # noqa: E731
+            else:
+                name = await find_filename(self.storage, key, asset_hash, candidates)
+                chunks = lambda: stream_asset(self.storage, key)  # noqa: E731
             if name is None:
                 self._error(f"no path of asset {asset_hash} matches its hash; not sent")
                 return
-            await self.client.send_file(app, asset_hash, name, info.size, lambda: stream_asset(self.storage, key))
+            await self.client.send_file(app, asset_hash, name, size, chunks)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._error(f"sending asset {asset_hash} of {app!r} failed", exc)
             return
         self.report.files_sent += 1
-        self.report.bytes_sent += info.size
+        self.report.bytes_sent += size
         self._changed()
 
     async def _snapshot(self, snapshot: Snapshot) -> None:

@@ -1,6 +1,7 @@
-"""The catalog (snapshots, hostnames, hash lists, publish counter) on real KVs: the embedded
-SQLite one and Redis, each test on both. Every KV call goes through a recorder, so the
-tests also prove that every key carries the configured hash tag."""
+"""The catalog (snapshots, hostnames, hash lists, publish counter, stamps, the replication
+journal) on real KVs: the embedded SQLite one, Redis and a Redis Cluster, each test on all.
+Every KV call goes through a recorder, so the tests also prove that every key carries the
+configured hash tag (the journal's outbox keys included: one slot on a cluster)."""
 
 from __future__ import annotations
 
@@ -102,8 +103,8 @@ async def open_catalog(kind: str, tmp_path, redis_addr=None, **extra: str) -> As
         "ZE_WORKER_REDIS_PREFIX_ENVS": f"{tag}:envs:", "ZE_WORKER_REDIS_PREFIX_SNAPSHOTS": f"{tag}:snapshots:",
         **extra,
     }
-    if kind == "redis":
-        env.update({"ZE_WORKER_KV_BACKEND": "redis", "ZE_WORKER_REDIS_HOST": redis_addr[0],
+    if kind in ("redis", "redis-cluster"):
+        env.update({"ZE_WORKER_KV_BACKEND": kind, "ZE_WORKER_REDIS_HOST": redis_addr[0],
                     "ZE_WORKER_REDIS_PORT": str(redis_addr[1])})
     else:
         env["ZE_WORKER_KV_BACKEND"] = "local"
@@ -113,16 +114,26 @@ async def open_catalog(kind: str, tmp_path, redis_addr=None, **extra: str) -> As
             kv = RecordingKV(inner)
             yield Setup(Catalog(kv, cfg.worker, outbox.journal_for(kv, cfg.worker)), kv, tag)
     finally:
-        if kind == "redis":
-            async with coredis.Redis(host=redis_addr[0], port=redis_addr[1]) as client:
+        if kind in ("redis", "redis-cluster"):
+            kind_of_client = coredis.Redis if kind == "redis" else coredis.RedisCluster
+            async with kind_of_client(host=redis_addr[0], port=redis_addr[1]) as client:
                 keys = [k async for k in client.scan_iter(match=f"{tag}*")]
-                if keys:
-                    await client.delete(keys)
+                for key in keys:
+                    await client.delete([key])
 
 
-@pytest.fixture(params=["local", "redis"])
+def _redis_addr(request):
+    """Where the KV of ``request.param`` listens (None for the local one)."""
+    if request.param == "redis":
+        return request.getfixturevalue("redis_addr")
+    if request.param == "redis-cluster":
+        return request.getfixturevalue("redis_cluster_nodes")[0]
+    return None
+
+
+@pytest.fixture(params=["local", "redis", "redis-cluster"])
 async def setup(request, tmp_path):
-    redis_addr = request.getfixturevalue("redis_addr") if request.param == "redis" else None
+    redis_addr = _redis_addr(request)
     async with open_catalog(request.param, tmp_path, redis_addr) as opened:
         yield opened
         # every key the catalog touched carries the configured hash tag
@@ -349,9 +360,9 @@ async def test_without_targets_nothing_is_journaled(setup):
     assert not any(":outbox:" in k for k in setup.kv.keys)
 
 
-@pytest.fixture(params=["local", "redis"])
+@pytest.fixture(params=["local", "redis", "redis-cluster"])
 async def replicating(request, tmp_path):
-    redis_addr = request.getfixturevalue("redis_addr") if request.param == "redis" else None
+    redis_addr = _redis_addr(request)
     extra = {"ZE_WORKER_REPLICA_NAME": "a", "ZE_WORKER_REPLICAS_URLS": "http://b.test/,http://c.test"}
     async with open_catalog(request.param, tmp_path, redis_addr, **extra) as opened:
         yield opened

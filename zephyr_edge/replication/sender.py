@@ -8,7 +8,8 @@ and another worker takes the target over, with every entry still pending. The ho
 logs the target's state every :data:`~.status.STATE_LOG_EVERY_S` and when
 ``last_error`` changes.
 
-The holder, with its own :class:`~.client.ReplicaClient`:
+The holder, with its own :class:`~.client.ReplicaClient` (the pieces of a batch are in
+:mod:`.batch`):
 
 1. polls the target's queue depth every ``replication_poll_ms``;
 2. takes up to :data:`BATCH_SIZE` pending entries, oldest first; asks the target which of
@@ -41,18 +42,16 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from zephyr_edge.assets import storage_key
 from zephyr_edge.config import WorkerConfig
-from zephyr_edge.errors import NotFound
 from zephyr_edge.records import Catalog
-from zephyr_edge.replication import antientropy, status
+from zephyr_edge.replication import antientropy, batch, status
+from zephyr_edge.replication.batch import Gone, Retry, is_permanent
 from zephyr_edge.replication.client import DeliveryError
 from zephyr_edge.replication.outbox import Entry, Leases, Outbox, TargetStatus, now_ms, target_name
-from zephyr_edge.replication.protocol import CHECK_BATCH, KIND_ENVS, KIND_FILE, KIND_SNAPSHOT, SELF_SYNC_CODE
-from zephyr_edge.snapshot import InvalidLivePayload
+from zephyr_edge.replication.protocol import SELF_SYNC_CODE
 from zephyr_edge.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -84,19 +83,6 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
-
-
-class Gone(Exception):
-    """The entry can never be delivered from here (its data is no longer stored)."""
-
-
-class Retry(Exception):
-    """A batch stopped on a failure that may pass (entries stay pending)."""
-
-
-def is_permanent(exc: BaseException) -> bool:
-    """Whether ``exc`` is a :class:`~.client.DeliveryError` meaning "refused for good"."""
-    return isinstance(exc, DeliveryError) and exc.permanent
 
 
 def sent_to_self(exc: BaseException | None) -> bool:
@@ -270,11 +256,13 @@ class TargetSender:
         todo = [e for e in entries if e is not None]
         failure, rejected = None, 0
         try:
-            held = await self._held_files(client, todo)
+            held = await batch.held_files(client, todo)
             acked += held
             skip = set(held)
             todo = [e for e in todo if e.seq not in skip]
-            failure, rejected = await self._deliver_entries(client, todo, acked)
+            failure, rejected = await batch.deliver_in_order(
+                todo, lambda entry: self._deliver(client, entry), self.worker.replication_concurrency, acked
+            )
         finally:
             await self.outbox.done(self.target, acked)
             if acked:
@@ -286,74 +274,12 @@ class TargetSender:
             raise Retry(str(failure) or type(failure).__name__) from failure
         return len(acked) + rejected
 
-    async def _held_files(self, client: Any, entries: Sequence[Entry]) -> list[int]:
-        """Seqs of the file entries whose hash the target already lists."""
-        by_app: dict[str, dict[str, list[int]]] = {}
-        for e in entries:
-            app, digest = e.body.get("application_uid"), e.body.get("hash")
-            if e.kind == KIND_FILE and isinstance(app, str) and isinstance(digest, str):
-                by_app.setdefault(app, {}).setdefault(digest, []).append(e.seq)
-        held: list[int] = []
-        for app, seqs_of in by_app.items():
-            hashes = sorted(seqs_of)
-            for i in range(0, len(hashes), CHECK_BATCH):
-                try:
-                    answer = await client.check(app, hashes=hashes[i:i + CHECK_BATCH])
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    if not is_permanent(exc):
-                        raise Retry(f"check failed: {exc}") from exc
-                    continue  # a check refused: send them all
-                held += [s for h in hashes[i:i + CHECK_BATCH] if h not in answer.missing_hashes for s in seqs_of[h]]
-        return held
-
-    async def _deliver_entries(
-        self, client: Any, entries: Sequence[Entry], acked: list[int]
-    ) -> tuple[Exception | None, int]:
-        """Send ``entries`` in order (see the module docstring), appending delivered seqs to
-        ``acked``; (the failure that stopped the batch or None, entries set aside)."""
-        gate = asyncio.Semaphore(self.worker.replication_concurrency)
-        running: set[asyncio.Task[None]] = set()
-        outcome: dict[str, Any] = {"failure": None, "rejected": 0}
-
-        async def one(entry: Entry) -> None:
-            try:
-                if await self._deliver(client, entry):
-                    acked.append(entry.seq)
-                else:
-                    outcome["rejected"] += 1
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                outcome["failure"] = outcome["failure"] or exc
-            finally:
-                gate.release()
-
-        try:
-            for entry in entries:
-                if entry.kind == KIND_ENVS and running:
-                    await asyncio.wait(running)  # a publish acts after what it publishes
-                await gate.acquire()
-                if outcome["failure"] is not None:
-                    gate.release()
-                    break
-                task = asyncio.create_task(one(entry))
-                running.add(task)
-                task.add_done_callback(running.discard)
-                if entry.kind == KIND_ENVS:
-                    await asyncio.wait([task])
-            if running:
-                await asyncio.wait(running)
-        finally:
-            for task in running:
-                task.cancel()
-        return outcome["failure"], outcome["rejected"]
-
     async def _deliver(self, client: Any, entry: Entry) -> bool:
         """Send one entry: True when delivered, False when set aside."""
         try:
-            await self._send(client, entry)
+            await batch.send_entry(
+                client, entry, catalog=self.catalog, storage=self.storage, replica=self.worker.replica_name
+            )
             return True
         except Gone as exc:
             reason = str(exc)
@@ -365,43 +291,3 @@ class TargetSender:
                   **self._fields(**{"zephyr.replica.seq": entry.seq, "zephyr.replica.kind": entry.kind}))
         await self.outbox.set_aside(self.target, entry, reason)
         return False
-
-    async def _send(self, client: Any, entry: Entry) -> None:
-        jti = f"{self.worker.replica_name}:{entry.seq}"
-        body = entry.body
-        if entry.kind == KIND_FILE:
-            try:
-                app, digest, filename = str(body["application_uid"]), str(body["hash"]), str(body["filename"])
-                key = storage_key(digest)
-            except (KeyError, ValueError) as exc:
-                raise Gone(f"malformed file entry: {exc}") from None
-            try:
-                blob = await self.storage.get(key)  # no HEAD first: the open object tells its size
-            except NotFound:
-                raise Gone(f"asset {digest} is no longer in local storage") from None
-            opened = [blob]
-
-            async def chunks() -> AsyncIterator[bytes]:
-                # the first call reads the object opened above; a resend opens it again
-                source = opened.pop() if opened else await self.storage.get(key)
-                async with source:
-                    async for chunk in source.chunks():
-                        yield chunk
-
-            try:
-                await client.send_file(app, digest, filename, blob.size, chunks, jti=jti)
-            finally:
-                if opened:  # never read (the request failed before its body)
-                    await opened.pop().aclose()
-        elif entry.kind in (KIND_SNAPSHOT, KIND_ENVS):
-            snapshot_id, hosts = body.get("snapshot_id"), body.get("hosts") or {}
-            try:
-                snapshot = await self.catalog.snapshot(str(snapshot_id))
-            except InvalidLivePayload as exc:
-                raise Gone(f"snapshot {snapshot_id!r} is unreadable here: {exc}") from None
-            if snapshot is None:
-                raise Gone(f"snapshot {snapshot_id!r} is no longer stored here")
-            send = client.send_snapshot if entry.kind == KIND_SNAPSHOT else client.send_envs
-            await send(snapshot.to_json(), {str(h): str(s) for h, s in dict(hosts).items()}, jti=jti)
-        else:
-            raise Gone(f"unknown entry kind {entry.kind!r}")

@@ -394,3 +394,36 @@ async def test_client_writes_are_journaled_with_the_write(replicating):
     with pytest.raises(NotFound):
         await catalog.publish("no-such-snapshot", ["prod.test"])
     assert await box.pending(box.targets[0]) == before
+
+
+async def test_two_applications_racing_for_one_host_cannot_both_win(setup):
+    """The ownership check is part of the write's compare-and-set: of two applications
+    publishing a new hostname at the same moment, one wins and the other is refused."""
+    catalog = setup.catalog
+    mine, theirs = snap(build="1"), snap(OTHER, "1")
+    for s in (mine, theirs):
+        await catalog.save_snapshot(s, vhost(s))
+    for round_ in range(8):
+        host = f"contested-{round_}.test"
+        results = await asyncio.gather(
+            catalog.publish(mine.snapshot_id, [host], APP),
+            catalog.publish(theirs.snapshot_id, [host], OTHER),
+            return_exceptions=True,
+        )
+        won = [r for r in results if not isinstance(r, BaseException)]
+        assert len(won) == 1, results
+        assert all(isinstance(r, Forbidden) for r in results if isinstance(r, BaseException)), results
+        assert (await catalog.live(host)).application_uid == won[0].application_uid
+
+
+async def test_two_applications_racing_for_one_snapshot_id_cannot_both_win(setup):
+    catalog = setup.catalog
+    for round_ in range(8):
+        mine = snap(build=f"race{round_}")
+        hijack = parse_snapshot(json.dumps(snapshot_body("org", snapshot_id=mine.snapshot_id)).encode(), "org")
+        results = await asyncio.gather(
+            catalog.save_snapshot(mine, vhost(mine)), catalog.save_snapshot(hijack, vhost(hijack) + ".x"),
+            return_exceptions=True,
+        )
+        assert sum(not isinstance(r, BaseException) for r in results) == 1, results
+        assert all(isinstance(r, Forbidden) for r in results if isinstance(r, BaseException)), results

@@ -24,13 +24,14 @@ again, and apply a hostname only when its stamp is newer than the one held.
 Ownership: a snapshot id stored for one application cannot be saved again by another, and
 a publish on behalf of an application (``publish(..., application_uid=...)``) can neither
 use another application's snapshot nor take over a hostname that serves another
-application. Records that cannot be read are skipped (and logged) by listings.
+application. These checks are part of the write's compare-and-set: two applications
+racing for one hostname cannot both win. Records that cannot be read are skipped (and logged) by listings.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -142,14 +143,18 @@ class Catalog:
         application ``org`` could otherwise name ``u-1.app.repo.org``), or when the version
         host serves another application.
         """
-        existing = await self.snapshot(snapshot.snapshot_id)
-        if existing is not None and existing.application_uid != snapshot.application_uid:
-            raise Forbidden(
-                f"snapshot {snapshot.snapshot_id!r} belongs to application {existing.application_uid!r}"
-            )
         version_host = _normalized([version_host], "version_host")[0]
-        await self._check_hosts_owner(snapshot.application_uid, [version_host])
-        await self._stamped_write(snapshot, [version_host], self._snapshot_ops(snapshot), "snapshot")
+        id_key = self.snapshot_key(snapshot.snapshot_id)
+
+        def id_not_taken(values: Mapping[str, bytes | None]) -> None:
+            owner = _owner(values[id_key])
+            if owner and owner != snapshot.application_uid:
+                raise Forbidden(f"snapshot {snapshot.snapshot_id!r} belongs to application {owner!r}")
+
+        await self._stamped_write(
+            snapshot, [version_host], self._snapshot_ops(snapshot), "snapshot",
+            owner=snapshot.application_uid, guard=[id_key], check=id_not_taken,
+        )
 
     async def publish(
         self, snapshot_id: str, hosts: Iterable[str], application_uid: str | None = None
@@ -165,25 +170,10 @@ class Catalog:
         """
         names = _normalized(hosts, "hosts")
         snapshot = await self.require_snapshot(snapshot_id)
-        if application_uid is not None:
-            if snapshot.application_uid != application_uid:
-                raise NotFound(f"snapshot {snapshot_id!r} is not stored for application {application_uid!r}")
-            await self._check_hosts_owner(application_uid, names)
-        await self._stamped_write(snapshot, names, [], "envs")
+        if application_uid is not None and snapshot.application_uid != application_uid:
+            raise NotFound(f"snapshot {snapshot_id!r} is not stored for application {application_uid!r}")
+        await self._stamped_write(snapshot, names, [], "envs", owner=application_uid)
         return snapshot
-
-    async def _check_hosts_owner(self, application_uid: str, hosts: list[str]) -> None:
-        """:class:`Forbidden` if one of ``hosts`` serves an application other than
-        ``application_uid`` (a record without a readable owner may be overwritten)."""
-        for host, raw in zip(hosts, await self.kv.get_many([self.envs_key(h) for h in hosts])):
-            if raw is None:
-                continue
-            try:
-                owner = load_live_payload(raw).application_uid
-            except InvalidLivePayload:
-                continue
-            if owner and owner != application_uid:
-                raise Forbidden(f"host {host!r} serves application {owner!r}")
 
     def _snapshot_ops(self, snapshot: Snapshot) -> list[Op]:
         uid = snapshot.application_uid
@@ -202,21 +192,39 @@ class Catalog:
             ops.append(SetAdd(self._key("app-hosts", snapshot.application_uid), [h.encode() for h in stamps]))
         return ops
 
-    async def _stamped_write(self, snapshot: Snapshot, hosts: list[str], ops: list[Op], kind: str) -> None:
+    async def _stamped_write(
+        self, snapshot: Snapshot, hosts: list[str], ops: list[Op], kind: str, *, owner: str | None = None,
+        guard: Sequence[str] = (), check: Callable[[Mapping[str, bytes | None]], None] | None = None,
+    ) -> None:
         """Point ``hosts`` at ``snapshot`` with a stamp later than any they hold, together
         with ``ops`` and (with a journal) the record of the write, as one compare-and-set
-        on the hosts' stamps (redone when a concurrent write changed one of them)."""
-        keys = [self.stamp_key(h) for h in hosts]
+        (redone when a concurrent write changed what it read).
+
+        With ``owner`` (a write on behalf of that application), :class:`Forbidden` when a
+        host serves another application (a record without a readable owner may be
+        overwritten). ``check`` may refuse the write from the values of the ``guard``
+        keys. Both are decided on the values the compare-and-set then expects, so no
+        concurrent write can slip in between the check and the write.
+        """
+        stamp_keys = [self.stamp_key(h) for h in hosts]
+        live_keys = [self.envs_key(h) for h in hosts] if owner is not None else []
+        keys = stamp_keys + live_keys + list(guard)
         for _ in range(STAMPED_WRITE_ATTEMPTS):
-            held_raw = await self.kv.get_many(keys)
-            held = [s for s in map(Stamp.decode, held_raw) if s is not None]
+            values = dict(zip(keys, await self.kv.get_many(keys)))
+            for host, key in zip(hosts, live_keys):
+                serving = _owner(values[key])
+                if serving and serving != owner:
+                    raise Forbidden(f"host {host!r} serves application {serving!r}")
+            if check is not None:
+                check(values)
+            held = [s for s in (Stamp.decode(values[k]) for k in stamp_keys) if s is not None]
             stamp = next_stamp(max(held, default=None), self._replica)
             stamps = {h: stamp for h in hosts}
             write = ops + self._host_ops(snapshot, stamps)
             if self.journal is not None:
                 body = {"snapshot_id": snapshot.snapshot_id, "hosts": {h: str(s) for h, s in stamps.items()}}
                 write += await self.journal.record(kind, body)
-            if await self.kv.atomic_if(dict(zip(keys, held_raw)), write):
+            if await self.kv.atomic_if(values, write):
                 await self.kv.incr(self.generation_key)
                 return
         raise BackendError(self.kv.name, f"hostname write kept conflicting with concurrent writes of {hosts!r}")
@@ -301,6 +309,16 @@ class Catalog:
         if snapshot is None:
             raise NotFound(f"snapshot {snapshot_id!r} is not stored on this worker")
         return snapshot
+
+
+def _owner(raw: bytes | None) -> str | None:
+    """The application of a stored snapshot or live record (None: absent or unreadable)."""
+    if raw is None:
+        return None
+    try:
+        return load_live_payload(raw).application_uid or None
+    except InvalidLivePayload:
+        return None
 
 
 def _normalized(hosts: Iterable[str], field: str) -> list[str]:

@@ -321,6 +321,23 @@ async def test_no_compression_of_tiny_or_incompressible_bodies(deployed):
     assert gzip.decompress(body) == FILES["assets/mod.wasm"]
 
 
+async def test_a_body_that_does_not_compress_is_sent_as_is(make_site):
+    """Random bytes under a text type: compressing them once shows it does not pay; the
+    identity bytes are served (and revalidated) from then on, and nothing useless is cached."""
+    site = await make_site()
+    noise = os.urandom(20_000)
+    host = version_host_of(await site.deploy("1", {"index.html": INDEX_V1, "assets/blob.js": noise}))
+    for _ in range(3):
+        resp, body = await site.fetch("/assets/blob.js", host, **{"Accept-Encoding": "gzip"})
+        assert resp.status == 200 and body == noise and "Content-Encoding" not in resp.headers
+        assert resp.headers["ETag"] == etag("assets/blob.js", noise) and resp.headers["Vary"] == "Accept-Encoding"
+    resp, _ = await site.fetch("/assets/blob.js", host, **{"Accept-Encoding": "gzip", "If-None-Match": etag("assets/blob.js", noise)})
+    assert resp.status == 304
+    key = asset_hash(noise, "assets/blob.js")
+    assert site.serving.assets.get(key + "-gz") is None and not site.serving.assets.worth_encoding(key + "-gz")
+    assert site.serving.assets.get(key) == noise
+
+
 async def test_brotli_is_preferred_when_importable(make_site, monkeypatch):
     """A stand-in ``brotli`` module (zlib inside, so the test can decode it) proves that
     the codec is picked up at startup and preferred at equal quality."""

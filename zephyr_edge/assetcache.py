@@ -5,6 +5,10 @@ identity bytes of assets up to ``cache_max_asset_kb`` under their hash, and thei
 compressed variants under ``<hash>-gz`` / ``<hash>-br`` (the ETag values), within the
 same byte budget. Bytes under a hash never change, so entries need no invalidation.
 
+A compressed variant that saves less than :data:`MIN_SAVING` of the identity bytes (an
+already compressed or random body under a text type) is neither cached nor sent: the key is
+remembered as not worth encoding and the identity bytes are served instead.
+
 Concurrent misses of one key share one storage read (or one compression): the first
 starts it, the others wait for it; a failure (missing object, storage down) reaches every
 waiter and is not cached, so the next request tries again.
@@ -28,12 +32,16 @@ READ_TIMEOUT_S = 30.0
 THREAD_COMPRESS_BYTES = 64 * 1024
 MIB = 1024 * 1024
 KIB = 1024
+#: Smallest share of the identity size a compressed variant must save to be used.
+MIN_SAVING = 0.1
+#: Bound of the set of variants known not to be worth encoding (cleared when full).
+MAX_REMEMBERED_INCOMPRESSIBLE = 65536
 
 
 class AssetCache:
     """Identity and compressed bytes of small assets, bounded by total bytes."""
 
-    __slots__ = ("storage", "max_asset_bytes", "lru", "_flights", "reads")
+    __slots__ = ("storage", "max_asset_bytes", "lru", "_flights", "reads", "_incompressible")
 
     def __init__(self, storage: Storage, *, budget_bytes: int, max_asset_bytes: int):
         self.storage = storage
@@ -42,6 +50,11 @@ class AssetCache:
         self._flights: SingleFlight[str, bytes | None] = SingleFlight()
         #: storage reads started (diagnostics and tests)
         self.reads = 0
+        self._incompressible: set[str] = set()
+
+    def worth_encoding(self, cache_key: str) -> bool:
+        """False once the variant ``cache_key`` turned out not to pay (see the module doc)."""
+        return cache_key not in self._incompressible
 
     def get(self, cache_key: str) -> bytes | None:
         """Cached bytes of a variant (the warm path: no I/O), or None."""
@@ -73,20 +86,28 @@ class AssetCache:
         self.lru.put(cache_key, data)
         return data
 
-    async def encoded(self, variant: Variant, identity: bytes) -> bytes:
-        """The bytes of ``variant`` (a codec's) made from ``identity``, cached."""
+    async def encoded(self, variant: Variant, identity: bytes) -> bytes | None:
+        """The bytes of ``variant`` (a codec's) made from ``identity``, cached; None when
+        they would not save :data:`MIN_SAVING` (send the identity bytes)."""
         key = variant.cache_key
         data = self.lru.get(key)
         if data is not None:
             return data
-        return await self._flights.run(key, lambda: self._compress(variant, identity))  # type: ignore[return-value]
+        if key in self._incompressible:
+            return None
+        return await self._flights.run(key, lambda: self._compress(variant, identity))
 
-    async def _compress(self, variant: Variant, identity: bytes) -> bytes:
+    async def _compress(self, variant: Variant, identity: bytes) -> bytes | None:
         assert variant.codec is not None
         if len(identity) >= THREAD_COMPRESS_BYTES:
             data = await asyncio.to_thread(variant.codec.compress, identity)
         else:
             data = variant.codec.compress(identity)
+        if len(data) > len(identity) * (1 - MIN_SAVING):
+            if len(self._incompressible) >= MAX_REMEMBERED_INCOMPRESSIBLE:
+                self._incompressible.clear()
+            self._incompressible.add(variant.cache_key)
+            return None
         self.lru.put(variant.cache_key, data)
         return data
 

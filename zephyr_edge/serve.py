@@ -150,6 +150,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if accept:
             codec = (serving.stream_negotiator if route.stream else serving.negotiator).choose(accept)
     variant = route.variant(codec)
+    if variant.codec is not None and not serving.assets.worth_encoding(variant.cache_key):
+        variant = route.identity  # compressing this body does not pay: see assetcache
     codec = variant.codec
     if_none_match = headers.get(hdrs.IF_NONE_MATCH)
     if if_none_match is not None and etag_matches(if_none_match, variant.etag):
@@ -165,6 +167,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
             if identity is None:  # stored bigger than its snapshot says: stream it
                 return await _stream(request, serving.assets.storage, route, range_header)
             data = identity if codec is None else await serving.assets.encoded(variant, identity)
+            if data is None:  # not worth encoding after all
+                data, variant = identity, route.identity
         if range_header is not None:
             try:
                 span = parse_range(range_header, len(data))

@@ -14,6 +14,8 @@ import pytest
 from tests.replication.conftest import FakeRegion
 from tests.upload_support import APP, load_config, snapshot_body
 from zephyr_edge.assets import asset_hash
+from zephyr_edge import config
+from zephyr_edge.replication import outbox
 from zephyr_edge.replication.outbox import Entry, Leases, Outbox, TargetStatus, journal_for
 from zephyr_edge.stamps import Stamp
 
@@ -185,3 +187,15 @@ async def test_a_refused_write_records_nothing(backends, start_worker, kv_kind):
                                                  "urls": ["https://x-ze.example.com"]})
     assert response.status == 404
     assert await worker.depth() == 0
+
+
+def test_target_names_never_carry_userinfo():
+    assert outbox.target_name("https://user:s3cret@eu.example.com:8443/sync/") == "https://eu.example.com:8443/sync"
+    assert outbox.target_name("http://eu.example.com/") == "http://eu.example.com"
+    worker = config.load({
+        "ZE_WORKER_JWT_SECRET": "x" * 32, "ZE_WORKER_STORAGE_BACKEND": "local", "ZE_WORKER_KV_BACKEND": "local",
+        "ZE_WORKER_REPLICA_NAME": "us", "ZE_WORKER_REPLICAS_URLS": "https://user:s3cret@eu.example.com",
+    }).worker
+    box = outbox.Outbox(object(), worker, [str(u) for u in worker.replicas_urls])  # keys only: no KV call
+    assert box.targets == ("https://eu.example.com",)
+    assert "s3cret" not in box.pending_key(box.targets[0]) + box.lease_key(box.targets[0])

@@ -27,6 +27,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
@@ -40,8 +41,12 @@ def now_ms() -> int:
 
 
 def target_name(url: str) -> str:
-    """The name a target URL is known by in keys and status (trailing ``/`` dropped)."""
-    return str(url).rstrip("/")
+    """The name a target URL is known by in keys and status: without userinfo (it is
+    never sent, and a password must not end up in KV key names) and trailing ``/``."""
+    parts = urlsplit(str(url))
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
+    return urlunsplit(parts).rstrip("/")
 
 
 @attrs.frozen

@@ -9,6 +9,7 @@
     zephyr-edge versions --app U [--json]  an app's snapshots with their hostnames
     zephyr-edge replicate --resync URL     send another region whatever it lacks
     zephyr-edge replicate --status         this region's replication state (JSON)
+    zephyr-edge replicate --forget URL     drop the queue of a region no longer configured
 
 Configuration problems exit with status 2 and one message on stderr listing all of them.
 """
@@ -101,11 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         "`serve`) with the region at URL and sends the files, snapshots and hostnames it lacks, signed "
         "with ZE_WORKER_JWT_SECRET as ZE_WORKER_REPLICA_NAME (or 'resync'). Progress on stderr, a JSON "
         "summary on stdout; exit 0 when everything was sent, 1 when errors remain, 2 for bad "
-        "configuration. --status prints the /replicationz document read from this region's KV.",
+        "configuration. --status prints the /replicationz document read from this region's KV. "
+        "--forget URL drops the queue this region keeps for a region taken out of ZE_WORKER_REPLICAS_URLS.",
     )
     what = rep.add_mutually_exclusive_group(required=True)
     what.add_argument("--resync", metavar="URL", help="the other region's URL (its load balancer)")
     what.add_argument("--status", action="store_true", help="print this region's replication state as JSON")
+    what.add_argument("--forget", metavar="URL",
+                      help="drop the queue kept for a region taken out of ZE_WORKER_REPLICAS_URLS")
     return parser
 
 
@@ -124,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "versions":
         code = commands.versions(environ, args.app, as_json=args.json)
     elif args.command == "replicate":
-        code = commands.replicate(environ, resync=args.resync, status=args.status)
+        code = commands.replicate(environ, resync=args.resync, status=args.status, forget=args.forget)
     else:
         code = commands.show_config(environ)
     sys.exit(code)

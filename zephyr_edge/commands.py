@@ -104,7 +104,9 @@ def versions(environ: Mapping[str, str], app_uid: str, as_json: bool = False) ->
     return admin.versions(config, app_uid, as_json=as_json)
 
 
-def replicate(environ: Mapping[str, str], *, resync: str | None = None, status: bool = False) -> int:
+def replicate(
+    environ: Mapping[str, str], *, resync: str | None = None, status: bool = False, forget: str | None = None
+) -> int:
     """``zephyr-edge replicate --resync URL`` / ``--status``
     (:mod:`zephyr_edge.replication.resync_command`)."""
     try:
@@ -114,7 +116,7 @@ def replicate(environ: Mapping[str, str], *, resync: str | None = None, status: 
     _print_warnings(config)
     from zephyr_edge.replication import resync_command
 
-    return resync_command.main(config, resync_url=resync, show_status=status)
+    return resync_command.main(config, resync_url=resync, show_status=status, forget_url=forget)
 
 
 def find_secret(environ: Mapping[str, str], data_dir: str | None = None) -> str:

@@ -15,7 +15,7 @@ from tests.replication.conftest import FakeRegion
 from tests.upload_support import APP, load_config, snapshot_body
 from zephyr_edge.assets import asset_hash
 from zephyr_edge import config
-from zephyr_edge.replication import outbox
+from zephyr_edge.replication import outbox, status
 from zephyr_edge.replication.outbox import Entry, Leases, Outbox, TargetStatus, journal_for
 from zephyr_edge.stamps import Stamp
 
@@ -199,3 +199,35 @@ def test_target_names_never_carry_userinfo():
     box = outbox.Outbox(object(), worker, [str(u) for u in worker.replicas_urls])  # keys only: no KV call
     assert box.targets == ("https://eu.example.com",)
     assert "s3cret" not in box.pending_key(box.targets[0]) + box.lease_key(box.targets[0])
+
+
+async def test_a_target_taken_out_of_the_configuration_is_shown_then_forgotten(backends):
+    """Writes recorded while eu and ap were configured; then ap is dropped from the config:
+    its queue is still visible (not lost silently) until it is forgotten, and forgetting it
+    deletes only what no other target still waits for."""
+    region = backends("us")
+    both = load_config(region, ZE_WORKER_REPLICA_NAME="us", ZE_WORKER_REPLICAS_URLS="http://eu.test,http://ap.test")
+    only_eu = load_config(region, ZE_WORKER_REPLICA_NAME="us", ZE_WORKER_REPLICAS_URLS="http://eu.test")
+    async with both.kv.cls.open(both.kv.options, both.worker) as kv:
+        box = Outbox(kv, both.worker, ["http://eu.test", "http://ap.test"])
+        for i in range(3):
+            await kv.atomic(await box.record("file", {"application_uid": APP, "hash": f"{i:064x}", "filename": "a.js"}))
+        await box.done("http://eu.test", [1])  # eu got entry 1; ap got none
+        entry = (await box.entries([2]))[0]
+        await box.set_aside("http://ap.test", entry, "refused")
+        assert await box.known_targets() == ["http://ap.test", "http://eu.test"]
+
+        doc = await status.read_status(kv, only_eu.worker)
+        shown = {t["url"]: t for t in doc["targets"]}
+        assert shown["http://eu.test"]["configured"] and shown["http://eu.test"]["queue_depth"] == 2
+        assert not shown["http://ap.test"]["configured"] and shown["http://ap.test"]["queue_depth"] == 2
+        assert shown["http://ap.test"]["rejected"] == 1
+
+        eu_box = Outbox(kv, only_eu.worker, ["http://eu.test"])
+        assert await eu_box.forget("http://ap.test/") == 2
+        assert await box.known_targets() == ["http://eu.test"]
+        assert await box.depth("http://ap.test") == 0 and await box.rejected("http://ap.test") == 0
+        assert await kv.get(box.rejected_key("http://ap.test", 2)) is None
+        # entry 1 (delivered to eu, pending only for ap) is gone; 2 and 3 wait for eu
+        assert [e is not None for e in await box.entries([1, 2, 3])] == [False, True, True]
+        assert [t["url"] for t in (await status.read_status(kv, only_eu.worker))["targets"]] == ["http://eu.test"]

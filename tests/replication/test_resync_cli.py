@@ -136,3 +136,15 @@ async def test_a_terminal_gets_a_progress_bar(backends, start_worker, restore_lo
     assert "\r[########################] 1/1 apps" in err.getvalue()
     assert "Resync progress" not in err.getvalue()
     assert json.loads(out.getvalue())["ok"] is True
+
+
+async def test_forget_refuses_a_configured_target_and_drops_an_old_one(backends, start_worker):
+    env, _ = await seeded(backends, start_worker)
+    env = {**env, "ZE_WORKER_REPLICA_NAME": "us", "ZE_WORKER_REPLICAS_URLS": "http://eu.invalid"}
+    code, _, err = await run(env, "--forget", "http://eu.invalid/")
+    assert code == 2 and "still in ZE_WORKER_REPLICAS_URLS" in err
+    code, _, err = await run(env, "--forget", "ftp://gone.invalid")
+    assert code == 2 and "expected an http(s) URL" in err
+    code, out, err = await run(env, "--forget", "http://u:p@gone.invalid")
+    assert code == 0, err
+    assert json.loads(out) == {"target": "http://gone.invalid", "dropped_entries": 0}

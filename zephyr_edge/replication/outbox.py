@@ -15,6 +15,9 @@ record are one atomic step even on Redis Cluster):
 - ``T:outbox:lease:<target>`` → ``<owner>|<expires epoch ms>``: the worker delivering to
   ``target`` (:class:`Leases`)
 - ``T:outbox:status:<target>`` → JSON of the delivery counters (:class:`TargetStatus`)
+- ``T:outbox:targets`` → set of every target a write was ever recorded for, so that a target
+  dropped from the configuration still shows (with what it never received) until it is
+  forgotten (:meth:`Outbox.forget`, ``zephyr-edge replicate --forget URL``)
 
 Entry bodies: ``file`` ``{"application_uid", "hash", "filename"}``; ``snapshot`` and
 ``envs`` ``{"snapshot_id", "hosts": {"<host>": "<stamp>"}}`` (the snapshot JSON is read
@@ -130,6 +133,10 @@ class Outbox:
     def status_key(self, target: str) -> str:
         return self._key("status", target)
 
+    @property
+    def known_key(self) -> str:
+        return self._key("targets")
+
     # --- recording (the Journal) ----------------------------------------------------------
 
     async def record(self, kind: str, body: Mapping[str, Any]) -> list[Op]:
@@ -139,7 +146,11 @@ class Outbox:
         seq = await self.kv.incr(self.seq_key)
         entry = Entry(seq, kind, now_ms(), dict(body))
         member = [str(seq).encode()]
-        return [Set(self.entry_key(seq), entry.to_json()), *(SetAdd(self.pending_key(t), member) for t in self.targets)]
+        return [
+            Set(self.entry_key(seq), entry.to_json()),
+            *(SetAdd(self.pending_key(t), member) for t in self.targets),
+            SetAdd(self.known_key, [t.encode() for t in self.targets]),
+        ]
 
     # --- reading and acknowledging ---------------------------------------------------------
 
@@ -184,10 +195,30 @@ class Outbox:
     async def rejected(self, target: str) -> int:
         return await self.kv.scard(self.rejected_key(target))
 
+    async def known_targets(self) -> list[str]:
+        """Every target writes were recorded for (configured now or not), sorted."""
+        return sorted(m.decode("utf-8", "replace") for m in await self.kv.smembers(self.known_key))
+
+    async def forget(self, target: str) -> int:
+        """Drop everything kept for ``target`` (a region taken out of the configuration):
+        its pending and set-aside entries, counters and lease. The entries no other
+        target still waits for are deleted. The number of pending entries dropped."""
+        target = target_name(target)
+        seqs = await self.pending(target)
+        rejected = [m.decode() for m in await self.kv.smembers(self.rejected_key(target))]
+        await self.kv.atomic([
+            Delete(self.pending_key(target)), Delete(self.lease_key(target)), Delete(self.status_key(target)),
+            Delete(self.rejected_key(target)), *(Delete(self._key("rejected", target, r)) for r in rejected),
+            SetRemove(self.known_key, [target.encode()]),
+        ])
+        await self._collect(seqs)
+        return len(seqs)
+
     async def _collect(self, seqs: Sequence[int]) -> None:
+        others = dict.fromkeys([*self.targets, *await self.known_targets()])
         for seq in seqs:
             member = str(seq).encode()
-            for other in self.targets:
+            for other in others:
                 if await self.kv.sismember(self.pending_key(other), member):
                     break
             else:

@@ -11,6 +11,10 @@ application done); the summary goes to stdout as one JSON object.
 
 ``--status`` prints the ``/replicationz`` document of this region, read from its KV.
 
+``--forget URL`` drops what this region's outbox keeps for a region taken out of
+``ZE_WORKER_REPLICAS_URLS`` (refused while it is still configured) and prints
+``{"target", "dropped_entries"}``.
+
 Exit codes: 0 everything sent, 1 errors remain (or the backends failed), 2 bad
 configuration or URL.
 """
@@ -30,6 +34,7 @@ from zephyr_edge.errors import ZephyrError
 from zephyr_edge.records import Catalog
 from zephyr_edge.replication import antientropy, status
 from zephyr_edge.replication.feature import client_factory
+from zephyr_edge.replication.outbox import Outbox, target_name
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,25 @@ DEFAULT_SOURCE = "resync"
 PROGRESS_EVERY_S = 1.0
 #: Bound of ``--status``.
 STATUS_TIMEOUT_S = 30.0
+
+
+def _forget(config: Config, url: str, out: TextIO, err: TextIO) -> int:
+    problem = url_problem(url)
+    target = target_name(url.strip())
+    if problem is None and target in {target_name(str(u)) for u in config.worker.replicas_urls}:
+        problem = (f"{status.display_url(target)} is still in ZE_WORKER_REPLICAS_URLS; take it out of every "
+                   "worker's configuration first")
+    if problem:
+        print(f"zephyr-edge: --forget: {problem}", file=err)
+        return EXIT_USAGE
+    configure_logging(config, err)
+    try:
+        dropped = asyncio.run(forget(config, url))
+    except (ZephyrError, TimeoutError) as exc:
+        print(f"zephyr-edge: {config.kv.name} KV backend failed: {exc or 'timed out'}", file=err)
+        return EXIT_FAILED
+    print(json.dumps({"target": target, "dropped_entries": dropped}), file=out, flush=True)
+    return EXIT_OK
 
 
 def configure_logging(config: Config, stream: TextIO) -> None:
@@ -105,6 +129,12 @@ async def resync(config: Config, url: str, progress: Progress | None = None) -> 
                                                    concurrency=worker.replication_concurrency, progress=progress)
 
 
+async def forget(config: Config, url: str) -> int:
+    async with config.kv.cls.open(config.kv.options, config.worker) as kv:
+        async with asyncio.timeout(STATUS_TIMEOUT_S):
+            return await Outbox(kv, config.worker, []).forget(url)
+
+
 async def read_status(config: Config) -> dict[str, Any]:
     async with config.kv.cls.open(config.kv.options, config.worker) as kv:
         async with asyncio.timeout(STATUS_TIMEOUT_S):
@@ -112,9 +142,11 @@ async def read_status(config: Config) -> dict[str, Any]:
 
 
 def main(config: Config, *, resync_url: str | None = None, show_status: bool = False,
-         out: TextIO | None = None, err: TextIO | None = None) -> int:
+         forget_url: str | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """``zephyr-edge replicate``: the exit code (see the module docstring)."""
     out, err = out or sys.stdout, err or sys.stderr
+    if forget_url is not None:
+        return _forget(config, forget_url, out, err)
     if show_status:
         configure_logging(config, err)
         try:

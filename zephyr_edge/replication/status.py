@@ -10,8 +10,11 @@ pending sets, the delivering worker's counters and the leases)::
                   "delivered": 120, "rejected": 0,
                   "last_error": "..." | null, "last_error_at": "<ISO 8601>" | null,
                   "last_delivered_at": "<ISO 8601>" | null,
-                  "holder": "<host>:<pid>:<hex>" | null, "lease_expires_in_s": 9.8 | null}]}
+                  "holder": "<host>:<pid>:<hex>" | null, "lease_expires_in_s": 9.8 | null,
+                  "configured": true}]}
 
+A target taken out of ``ZE_WORKER_REPLICAS_URLS`` is still listed, with ``"configured":
+false`` and what it never received, until ``zephyr-edge replicate --forget URL``.
 ``last_error`` is the last delivery failure, kept after later successes: compare
 ``last_error_at`` with ``last_delivered_at``. ``holder`` is null when no worker holds a live
 lease on the target. Answers 200 whenever the KV answers (a lagging or unreachable region
@@ -102,9 +105,12 @@ async def target_state(outbox: Outbox, target: str) -> dict[str, Any]:
 async def read_status(kv: KV, worker: WorkerConfig) -> dict[str, Any]:
     """The ``/replicationz`` document of the region ``kv`` and ``worker`` describe."""
     targets: list[dict[str, Any]] = []
-    if worker.replica_name and worker.replicas_urls:
+    if worker.replica_name:
         outbox = Outbox(kv, worker, [str(u) for u in worker.replicas_urls])
-        targets = [await target_state(outbox, t) for t in outbox.targets]
+        targets = [{**await target_state(outbox, t), "configured": True} for t in outbox.targets]
+        for t in await outbox.known_targets():
+            if t not in outbox.targets:  # dropped from the configuration, not forgotten yet
+                targets.append({**await target_state(outbox, t), "configured": False})
     return {"replica": worker.replica_name or None, "mode": mode(worker), "targets": targets}
 
 

@@ -18,8 +18,8 @@ from zephyr_edge.app import make_app
 from zephyr_edge.assets import AssetHasher, asset_hash
 from zephyr_edge.storage.testing.data import Generated, MiB
 from tests.upload_support import (
-    APP, OTHER_APP, Worker, bad_tokens, chunked, load_config, local_backend, production_server, s3_redis_backend,
-    s3_session, snapshot_body, start_worker, token,
+    APP, OTHER_APP, Worker, bad_tokens, chunked, ingest_backend, load_config, local_backend, production_server,
+    snapshot_body, start_worker, token,
 )
 
 #: Bound of one test (a hang fails the test instead of blocking the run).
@@ -28,11 +28,7 @@ TEST_TIMEOUT_S = 120.0
 
 @pytest.fixture(params=["local", "s3-redis"])
 async def backend(request, tmp_path):
-    if request.param == "local":
-        yield local_backend(tmp_path)
-        return
-    chosen = s3_redis_backend(tmp_path, request.getfixturevalue("s3_endpoint"), request.getfixturevalue("redis_addr"))
-    async with s3_session(chosen):
+    async with ingest_backend(request, tmp_path) as chosen:
         yield chosen
 
 

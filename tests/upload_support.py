@@ -260,3 +260,15 @@ async def chunked(data: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
     """``data`` as a streamed (chunked) request body."""
     for i in range(0, len(data), size):
         yield data[i : i + size]
+
+
+@contextlib.asynccontextmanager
+async def ingest_backend(request: Any, tmp_path: Path) -> AsyncIterator[Backend]:
+    """The backend of an ingest test parametrized ``local`` / ``s3-redis`` (the S3 bucket
+    is created and emptied around it)."""
+    if request.param == "local":
+        yield local_backend(tmp_path)
+        return
+    chosen = s3_redis_backend(tmp_path, request.getfixturevalue("s3_endpoint"), request.getfixturevalue("redis_addr"))
+    async with s3_session(chosen):
+        yield chosen

@@ -174,6 +174,18 @@ def sync_file_path(path: str, body: bytes, uid: str = UID) -> str:
     )
 
 
+async def deploy_and_publish(region, name: str, count: int):
+    """A build of ``count`` files deployed to ``region`` and published on ENV_HOST:
+    (files, snapshot id, version host, hashes)."""
+    files = build_files(name, count)
+    sid = f"tester-1.{UID}"
+    async with Uploader(region.url, SECRET, UID) as up:
+        host = await up.build(sid, files)
+        status, text = await up.publish(sid, [ENV_HOST])
+        assert status == 200, text
+    return files, sid, host, {asset_hash(p, body) for p, body in files.items()}
+
+
 # --- 1. one deploy, every region ----------------------------------------------------------------
 
 
@@ -409,13 +421,7 @@ async def test_target_storage_outage_keeps_entries_until_delivered(regions):
 async def test_sync_requests_idempotent_authenticated_never_forwarded(regions):
     rs = await regions({"a": 1, "b": 1, "c": 1})
     a, b, c = rs["a"], rs["b"], rs["c"]
-    files = build_files("forward", 12)
-    sid = f"tester-1.{UID}"
-    async with Uploader(a.url, SECRET, UID) as up:
-        host = await up.build(sid, files)
-        status, text = await up.publish(sid, [ENV_HOST])
-        assert status == 200, text
-    a_hashes = {asset_hash(p, body) for p, body in files.items()}
+    files, sid, host, a_hashes = await deploy_and_publish(a, "forward", 12)
     for region in (b, c):
         await wait_until(lambda r=region: has_all(r, UID, [sid], a_hashes), f"{region.name} has the build", CONVERGE_S)
         await wait_until(lambda r=region: _serves_snapshot(r, ENV_HOST, sid), f"{region.name} has the publish", CONVERGE_S)
@@ -624,13 +630,7 @@ async def test_new_region_catches_up_by_resync_and_anti_entropy(regions):
     # A sends to nobody at first; D and E receive only
     rs = await regions({"a": RegionSpec(1, sends_to=[]), "d": RegionSpec(1, sends_to=[]), "e": RegionSpec(1, sends_to=[])})
     a, d, e = rs["a"], rs["d"], rs["e"]
-    files = build_files("resync", 30)
-    sid = f"tester-1.{UID}"
-    async with Uploader(a.url, SECRET, UID) as up:
-        host = await up.build(sid, files)
-        status, text = await up.publish(sid, [ENV_HOST])
-        assert status == 200, text
-    a_hashes = {asset_hash(p, body) for p, body in files.items()}
+    files, sid, host, a_hashes = await deploy_and_publish(a, "resync", 30)
     assert await a.outbox_seq() == 0  # nothing recorded: no target
     for region in (a, d, e):
         assert region.workers[0].logged("No replica URLs configured; receive-only mode enabled"), region.name

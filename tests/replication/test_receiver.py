@@ -19,18 +19,14 @@ from zephyr_edge.stamps import Stamp
 from tests.replication.support import (
     RECEIVER, SOURCE, apply_body, stamp, start_sync_worker, sync_token,
 )
-from tests.upload_support import APP, OTHER_APP, SECRET, local_backend, s3_redis_backend, s3_session, snapshot_body
+from tests.upload_support import APP, OTHER_APP, SECRET, ingest_backend, snapshot_body
 
 EDGE = "ze.example.com"
 
 
 @pytest.fixture(params=["local", "s3-redis"])
 async def backend(request, tmp_path):
-    if request.param == "local":
-        yield local_backend(tmp_path)
-        return
-    chosen = s3_redis_backend(tmp_path, request.getfixturevalue("s3_endpoint"), request.getfixturevalue("redis_addr"))
-    async with s3_session(chosen):
+    async with ingest_backend(request, tmp_path) as chosen:
         yield chosen
 
 

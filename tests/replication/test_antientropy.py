@@ -172,3 +172,26 @@ async def test_no_periodic_pass_when_disabled(backends, start_worker):
     await eventually(lambda: us.senders[0].holding)
     await asyncio.sleep(0.3)
     assert seen.calls == []
+
+
+async def test_hosts_published_before_stamps_existed_are_sent_with_the_lowest_stamp(backends, start_worker):
+    """A region deployed with an older version holds hostname records without stamps: a new
+    region still gets them, and they never win over a real publish there."""
+    us = await start_worker(backends("us"), "us")
+    eu = await start_worker(backends("eu"), "eu")
+    v1, v2 = await seed(us)
+    for host in ("prod-ze.example.com", "staging-ze.example.com"):
+        await us.catalog.kv.delete(us.catalog.stamp_key(host))  # as written before stamps
+    eu_stamp = None
+    async with client_to(eu) as client:
+        report = await reconcile(us, client)
+        assert report.ok and report.hosts_sent == 4
+        assert (await eu.catalog.live("prod-ze.example.com")).snapshot_id == v1["snapshot_id"]
+        assert str((await eu.catalog.stamps(["staging-ze.example.com"]))["staging-ze.example.com"]) == "0|"
+        # a publish in eu afterwards is kept by later passes
+        assert (await eu.upload_json("envs", publish_body(v2["snapshot_id"], "prod-ze.example.com"))).status == 200
+        eu_stamp = (await eu.catalog.stamps(["prod-ze.example.com"]))["prod-ze.example.com"]
+        again = await reconcile(us, client)
+    assert again.ok and again.hosts_sent == 0
+    assert (await eu.catalog.live("prod-ze.example.com")).snapshot_id == v2["snapshot_id"]
+    assert (await eu.catalog.stamps(["prod-ze.example.com"]))["prod-ze.example.com"] == eu_stamp

@@ -7,7 +7,8 @@ application (:meth:`~zephyr_edge.records.Catalog.apps`) :func:`reconcile` gather
 
 - the app's snapshots (ids and JSON),
 - the assets they reference: hash → the paths naming it in the snapshots' ``assets``,
-- the app's hostnames that carry a stamp, with the snapshot each one serves,
+- the app's hostnames with the snapshot each one serves and its stamp (an unstamped one,
+  published before stamps existed, with the lowest stamp, :data:`UNSTAMPED`),
 
 asks the target what it lacks (``sync-check``, :data:`~.protocol.CHECK_BATCH` items per
 list and request), then sends, in this order, the missing files whose bytes are in local
@@ -42,6 +43,7 @@ from zephyr_edge.errors import NotFound
 from zephyr_edge.records import Catalog
 from zephyr_edge.replication.protocol import CHECK_BATCH
 from zephyr_edge.snapshot import Snapshot
+from zephyr_edge.stamps import Stamp
 from zephyr_edge.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -53,6 +55,8 @@ log = logging.getLogger(__name__)
 ABORT_AFTER_FAILED_APPS = 3
 #: Errors logged at warning per pass (the rest at debug; all are counted).
 MAX_LOGGED_ERRORS = 20
+#: The stamp a hostname record without one is compared and sent with.
+UNSTAMPED = Stamp(0, "")
 #: Assets up to this size are read once, into memory, both to find their upload name and to
 #: send them; larger ones are streamed (and read twice when the name must be found).
 SMALL_ASSET_BYTES = 1024 * 1024
@@ -208,8 +212,10 @@ class _Pass:
         for snapshot in snapshots.values():
             for path, asset in snapshot.assets.items():
                 paths.setdefault(asset.hash, []).append(path)
-        hosts = {h: s for h, s in (await self.catalog.host_states(app)).items() if s.stamp is not None}
-        stamps = {h: str(s.stamp) for h, s in hosts.items()}
+        hosts = await self.catalog.host_states(app)
+        # A host never stamped (published before stamps existed) goes out with the lowest
+        # stamp: it fills a region that has no stamp for it and loses against any publish.
+        stamps = {h: str(s.stamp or UNSTAMPED) for h, s in hosts.items()}
         r = self.report
         r.files_checked += len(paths)
         r.snapshots_checked += len(snapshots)

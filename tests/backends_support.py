@@ -11,6 +11,16 @@ from typing import Any
 import coredis
 from aiobotocore.session import get_session
 
+#: The six keys config.md lists as required (with the default s3 + redis backends).
+REQUIRED_KEYS = (
+    "ZE_WORKER_JWT_SECRET",
+    "ZE_WORKER_S3_ENDPOINT",
+    "ZE_WORKER_S3_ACCESS_KEY_ID",
+    "ZE_WORKER_S3_SECRET_ACCESS_KEY",
+    "ZE_WORKER_S3_BUCKET",
+    "ZE_WORKER_REDIS_HOST",
+)
+
 ACCESS_KEY = "AKIAEXAMPLEWORKERKEY"
 SECRET_KEY = "s3-secret-key-worker-9876543210zyxwvu"
 

@@ -20,17 +20,10 @@ import jwt
 import pytest
 
 from zephyr_edge import tokens
+from tests.backends_support import REQUIRED_KEYS
 from tests.services import free_port
 
 SCRIPT = str(Path(sys.executable).with_name("zephyr-edge"))
-REQUIRED_KEYS = (
-    "ZE_WORKER_JWT_SECRET",
-    "ZE_WORKER_S3_ENDPOINT",
-    "ZE_WORKER_S3_ACCESS_KEY_ID",
-    "ZE_WORKER_S3_SECRET_ACCESS_KEY",
-    "ZE_WORKER_S3_BUCKET",
-    "ZE_WORKER_REDIS_HOST",
-)
 JWT_SECRET = "jwt-secret-cli-0123456789abcdef0123456789"
 ACCESS_KEY = "AKIAEXAMPLECLIACCESS"
 SECRET_KEY = "s3-secret-key-cli-9876543210zyxwvu"

@@ -11,16 +11,8 @@ import pytest
 
 from zephyr_edge import config
 from zephyr_edge.errors import ConfigError
+from tests.backends_support import REQUIRED_KEYS
 
-#: The six keys config.md lists as required (with the default s3 + redis backends).
-REQUIRED_KEYS = (
-    "ZE_WORKER_JWT_SECRET",
-    "ZE_WORKER_S3_ENDPOINT",
-    "ZE_WORKER_S3_ACCESS_KEY_ID",
-    "ZE_WORKER_S3_SECRET_ACCESS_KEY",
-    "ZE_WORKER_S3_BUCKET",
-    "ZE_WORKER_REDIS_HOST",
-)
 
 #: config.md's tables: key -> documented default (as ``describe()`` shows it).
 DOCUMENTED_DEFAULTS = {

@@ -50,6 +50,8 @@ from urllib.parse import urlsplit
 import jwt
 from aiohttp import web
 
+from tests.e2e.loopback import LoopbackServer
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -266,7 +268,7 @@ class StubRequest:
 
 
 @dataclass
-class ControlPlaneStub:
+class ControlPlaneStub(LoopbackServer):
     """A stub of Zephyr's control plane API (``ZE_API_GATE`` / ``ZE_API``), protocol.md 9.
 
     ``GET /application-config/<uid>`` answers an application config naming ``edge_url``
@@ -305,35 +307,18 @@ class ControlPlaneStub:
     _runner: web.AppRunner | None = None
     _port: int = 0
 
-    async def start(self) -> "ControlPlaneStub":
-        self._next_build_id = self.build_id_start
+    def make_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._record])
         app.router.add_get("/application-config/{uid}", self._app_config)
         app.router.add_get("/build-id", self._build_id)
         app.router.add_post("/logs", self._logs)
         app.router.add_post("/build-stats", self._build_stats)
         app.router.add_route("*", "/{tail:.*}", self._unknown)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        self._port = self._runner.addresses[0][1]
-        return self
+        return app
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await asyncio.wait_for(self._runner.cleanup(), timeout=10)
-            self._runner = None
-
-    async def __aenter__(self) -> "ControlPlaneStub":
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self._port}"
+    async def start(self) -> "ControlPlaneStub":
+        self._next_build_id = self.build_id_start
+        return await super().start()
 
     def of_path(self, prefix: str) -> list[StubRequest]:
         return [r for r in self.requests if r.path.startswith(prefix)]

@@ -25,6 +25,8 @@ from urllib.parse import parse_qsl
 import jwt
 from aiohttp import web
 
+from tests.e2e.loopback import LoopbackServer
+
 WORKER_VERSION = "recording-fake-0"
 JWT_ALGORITHMS = ["HS256"]
 
@@ -100,7 +102,7 @@ class Fault:
 
 
 @dataclass
-class RecordingEdge:
+class RecordingEdge(LoopbackServer):
     """The recording fake worker. ``async with RecordingEdge(jwt_secret=...) as edge: edge.url``."""
 
     jwt_secret: str | None = None  # when set, writes need a valid ``can_write_jwt`` (else 403)
@@ -124,30 +126,10 @@ class RecordingEdge:
     _port: int = 0
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def start(self) -> "RecordingEdge":
+    def make_app(self) -> web.Application:
         app = web.Application(client_max_size=512 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        self._port = self._runner.addresses[0][1]
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await asyncio.wait_for(self._runner.cleanup(), timeout=10)
-            self._runner = None
-
-    async def __aenter__(self) -> "RecordingEdge":
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self._port}"
+        return app
 
     # -- configuration / inspection ----------------------------------------------------
     def fail(self, kind: str, status: int, body: str = "", times: int | None = None) -> None:

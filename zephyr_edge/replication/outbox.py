@@ -43,13 +43,18 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def without_userinfo(url: str) -> str:
+    """``url`` without its userinfo (``user:password@``)."""
+    parts = urlsplit(str(url))
+    if "@" not in parts.netloc:
+        return str(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
 def target_name(url: str) -> str:
     """The name a target URL is known by in keys and status: without userinfo (it is
     never sent, and a password must not end up in KV key names) and trailing ``/``."""
-    parts = urlsplit(str(url))
-    if "@" in parts.netloc:
-        parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
-    return urlunsplit(parts).rstrip("/")
+    return without_userinfo(url).rstrip("/")
 
 
 @attrs.frozen

@@ -104,7 +104,7 @@ class TargetSender:
         self.target = target_name(url)
         if self.target not in outbox.targets:
             raise ValueError(f"{self.target!r} is not a target of the outbox")
-        self.display = status.display_url(self.target)
+        self.display = self.target  # a target name carries no userinfo
         self.outbox, self.leases, self.catalog, self.storage, self.worker = outbox, leases, catalog, storage, worker
         self.make_client = make_client
         self.status = TargetStatus()

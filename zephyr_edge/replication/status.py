@@ -33,7 +33,6 @@ import datetime as dt
 import logging
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -41,7 +40,7 @@ from zephyr_edge.config import WorkerConfig
 from zephyr_edge.errors import BackendError
 from zephyr_edge.keys import CONFIG_KEY, KV_KEY
 from zephyr_edge.kv.base import KV
-from zephyr_edge.replication.outbox import Leases, Outbox, now_ms
+from zephyr_edge.replication.outbox import Leases, Outbox, now_ms, without_userinfo
 from zephyr_edge.replication.protocol import STATUS_PATH
 
 log = logging.getLogger(__name__)
@@ -55,10 +54,7 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 def display_url(url: str) -> str:
     """``url`` without its userinfo (``user:password@``), for logs and status."""
-    parts = urlsplit(str(url))
-    if "@" not in parts.netloc:
-        return str(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return without_userinfo(url)
 
 
 def mode(worker: WorkerConfig) -> str:

@@ -41,13 +41,12 @@ import attrs
 from zephyr_edge.assets import asset_hash as hash_of, storage_key
 from zephyr_edge.errors import NotFound
 from zephyr_edge.records import Catalog
-from zephyr_edge.replication.protocol import CHECK_BATCH
 from zephyr_edge.snapshot import Snapshot
 from zephyr_edge.stamps import Stamp
 from zephyr_edge.storage.base import Storage
 
 if TYPE_CHECKING:
-    from zephyr_edge.replication.client import CheckResult, ReplicaClient
+    from zephyr_edge.replication.client import ReplicaClient
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +220,7 @@ class _Pass:
         r.snapshots_checked += len(snapshots)
         r.hosts_checked += len(hosts)
         self._changed()
-        missing = await self._check(app, sorted(paths), sorted(snapshots), stamps)
+        missing = await self.client.check(app, hashes=sorted(paths), snapshots=sorted(snapshots), hosts=stamps)
 
         files = sorted(h for h in missing.missing_hashes if h in paths)
         r.files_missing += len(files)
@@ -237,17 +236,6 @@ class _Pass:
             self._guarded(f"sending hosts {sorted(group)} of {sid!r}", self._hosts(sid, snapshots, group))
             for sid, group in groups.items()
         )
-
-    async def _check(self, app: str, hashes: list[str], ids: list[str], stamps: Mapping[str, str]) -> CheckResult:
-        items = list(stamps.items())
-        rounds = max(1, *(-(-len(x) // CHECK_BATCH) for x in (hashes, ids, items)))
-        found: dict[str, set[str]] = {"missing_hashes": set(), "missing_snapshots": set(), "stale_hosts": set()}
-        for i in range(rounds):
-            part = slice(i * CHECK_BATCH, (i + 1) * CHECK_BATCH)
-            answer = await self.client.check(app, hashes=hashes[part], snapshots=ids[part], hosts=dict(items[part]))
-            for name, values in found.items():
-                values.update(getattr(answer, name))
-        return _Missing(*(frozenset(found[n]) for n in ("missing_hashes", "missing_snapshots", "stale_hosts")))
 
     async def _bounded(self, coros: Iterable[Awaitable[None]]) -> None:
         gate = asyncio.Semaphore(self.concurrency)
@@ -316,10 +304,3 @@ class _Pass:
             await self.client.send_envs(live.to_json(), {host: stamp})
             self.report.hosts_sent += 1
             self._changed()
-
-
-@attrs.frozen
-class _Missing:
-    missing_hashes: frozenset[str]
-    missing_snapshots: frozenset[str]
-    stale_hosts: frozenset[str]

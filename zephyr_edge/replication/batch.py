@@ -14,7 +14,7 @@ from zephyr_edge.errors import NotFound
 from zephyr_edge.records import Catalog
 from zephyr_edge.replication.client import DeliveryError
 from zephyr_edge.replication.outbox import Entry
-from zephyr_edge.replication.protocol import CHECK_BATCH, KIND_ENVS, KIND_FILE, KIND_SNAPSHOT
+from zephyr_edge.replication.protocol import KIND_ENVS, KIND_FILE, KIND_SNAPSHOT
 from zephyr_edge.snapshot import InvalidLivePayload
 from zephyr_edge.storage.base import Storage
 
@@ -42,17 +42,15 @@ async def held_files(client: Any, entries: Sequence[Entry]) -> list[int]:
             by_app.setdefault(app, {}).setdefault(digest, []).append(e.seq)
     held: list[int] = []
     for app, seqs_of in by_app.items():
-        hashes = sorted(seqs_of)
-        for i in range(0, len(hashes), CHECK_BATCH):
-            try:
-                answer = await client.check(app, hashes=hashes[i:i + CHECK_BATCH])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not is_permanent(exc):
-                    raise Retry(f"check failed: {exc}") from exc
-                continue  # a check refused: send them all
-            held += [s for h in hashes[i:i + CHECK_BATCH] if h not in answer.missing_hashes for s in seqs_of[h]]
+        try:
+            answer = await client.check(app, hashes=sorted(seqs_of))  # batched by the client
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not is_permanent(exc):
+                raise Retry(f"check failed: {exc}") from exc
+            continue  # a check refused: send them all
+        held += [s for h, seqs in seqs_of.items() if h not in answer.missing_hashes for s in seqs]
     return held
 
 

@@ -3,7 +3,7 @@
 It is loaded by name through its entry point and configured from ``ZE_WORKER_*`` strings,
 exactly as a worker does, then run through the shipped :class:`KVConformance` suite plus
 the checks specific to it. The distribution must be installed
-(``pip install -e examples/zephyr-edge-pgkv``; CI does): without it these tests fail, they
+(``pip install ./examples/zephyr-edge-pgkv``; CI does): without it these tests fail, they
 do not skip.
 
 PostgreSQL: ``ZE_TEST_PG_DSN``, by default the machine's server on 127.0.0.1:5432. Each test
@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import pytest_asyncio
 
+from tests import requirements
 from tests.services import free_port
 from zephyr_edge import config, plugins
 from zephyr_edge.errors import BackendUnavailable, ConfigError, PluginNotFound
@@ -79,13 +80,21 @@ async def opened(cfg: config.Config) -> AsyncIterator:
 # --- fixtures -----------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def postgresql():
+    """A PostgreSQL server answers at the DSN's address (skip, or fail on CI, otherwise)."""
+    parts = urlsplit(pg_dsn())
+    requirements.service(parts.hostname or "127.0.0.1", parts.port or 5432,
+                         "tests/kv/test_example_pgkv.py needs PostgreSQL (ZE_TEST_PG_DSN)")
+
+
 @pytest.fixture(scope="module")
 def backend_cls() -> type:
     """The class behind the name ``postgres``; a missing plugin is a failure, not a skip."""
     try:
         return plugins.load("kv", "postgres")
     except PluginNotFound as exc:
-        pytest.fail(f"{exc}\nthe example plugin is not installed: pip install -e examples/zephyr-edge-pgkv")
+        pytest.fail(f"{exc}\nthe example plugin is not installed: pip install ./examples/zephyr-edge-pgkv")
 
 
 @pytest_asyncio.fixture

@@ -9,7 +9,7 @@
 # Two stages: "build" turns the repository (with the brotli extra) and every dependency
 # into wheels; the final stage installs those wheels only, so it carries no compiler, no
 # build tool and no pip cache. The worker runs as the numeric user 10001 (the Kubernetes
-# manifests in k8s/ set runAsUser to the same number; tests/deploy checks both agree).
+# manifests in k8s/base/ set runAsUser to the same number; tests/deploy checks both agree).
 # Checked by tests/deploy (hadolint and our own rules); see docs/deployment.md.
 
 FROM python:3.12.11-slim-bookworm AS build

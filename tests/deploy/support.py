@@ -1,5 +1,6 @@
-"""Paths of the deployment artefacts, and the worker's own view of them: the config loader
-run on a Secret's ``config.json``, and the probe routes taken from the app's router."""
+"""Paths of the deployment artefacts, the kustomizations as the real ``kubectl kustomize``
+renders them, and the worker's own view of them: the config loader run on a Secret's
+``config.json``, and the probe routes taken from the app's router."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import base64
 import copy
 import functools
 import json
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import attrs
+import yaml
 
 from zephyr_edge import config as cfg
 from zephyr_edge import health
+from tests import requirements
 from zephyr_edge.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,12 +28,13 @@ DOCKERIGNORE = REPO / ".dockerignore"
 SYSTEMD_UNIT = REPO / "deploy" / "systemd" / "zephyr-edge.service"
 VM_CONFIG = REPO / "deploy" / "systemd" / "config.example.json"
 DEPLOYMENT_DOC = REPO / "docs" / "deployment.md"
+BASE = K8S / "base"
 CONTROLLER_CONFIGMAP = K8S / "ingress-nginx" / "controller-configmap.yaml"
 #: Kubernetes version whose schemas every manifest must satisfy (strict mode).
 K8S_VERSION = "1.31"
 #: Every kustomization a user may apply: the base and the overlays.
 TARGETS = {
-    "base": K8S,
+    "base": BASE,
     "single-region": K8S / "overlays" / "single-region",
     "us-east-1": K8S / "overlays" / "multi-region" / "us-east-1",
     "eu-west-1": K8S / "overlays" / "multi-region" / "eu-west-1",
@@ -103,11 +108,27 @@ def probe_routes(config: cfg.Config) -> dict[str, str]:
     return paths
 
 
+#: Bound of one ``kubectl kustomize`` run (it reads local files only).
+KUSTOMIZE_TIMEOUT_S = 120
+
+
+class KustomizeError(Exception):
+    """``kubectl kustomize`` refused a kustomization (its message is kept)."""
+
+
+def kustomize(folder: Path) -> list[dict[str, Any]]:
+    """The objects ``kubectl apply -k folder`` would apply, rendered by the real kustomize."""
+    kubectl = requirements.tool("kubectl", "tests/deploy renders every kustomization with `kubectl kustomize`")
+    result = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True,
+                            timeout=KUSTOMIZE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise KustomizeError(f"kubectl kustomize {folder}: {result.stderr.strip()}")
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
 @functools.lru_cache(maxsize=None)
 def _rendered(target: str) -> tuple[dict[str, Any], ...]:
-    from tests.deploy import kustomize
-
-    return tuple(kustomize.render(TARGETS[target]))
+    return tuple(kustomize(TARGETS[target]))
 
 
 def rendered(target: str) -> list[dict[str, Any]]:

@@ -111,3 +111,20 @@ def test_doc_covers_the_ingress_and_vm_steps():
     for needle in ('enable-underscores-in-headers: "true"', "kubectl apply -k k8s/overlays/single-region",
                    "journalctl -u zephyr-edge -o cat | jq", "/readyz", "python3 -m venv /opt/zephyr-edge/venv"):
         assert needle in text
+
+
+APPLY = re.compile(r"(?:apply -k|kubectl kustomize) (k8s/[\w./-]*)")
+
+
+def kustomize_paths_problems(texts: dict[str, str]) -> list[str]:
+    """Every ``kubectl apply -k k8s/...`` shown to users names a kustomization folder."""
+    return [f"{name}: {path}" for name, text in texts.items() for path in APPLY.findall(text)
+            if not (REPO / path / "kustomization.yaml").is_file()]
+
+
+def test_every_applied_path_is_a_kustomization():
+    files = [DEPLOYMENT_DOC, REPO / "README.md", *sorted((REPO / "k8s").rglob("*.yaml"))]
+    texts = {str(f.relative_to(REPO)): f.read_text(encoding="utf-8") for f in files}
+    assert sum(len(APPLY.findall(t)) for t in texts.values()) >= 4
+    assert kustomize_paths_problems(texts) == []
+    assert kustomize_paths_problems({"old": "kubectl apply -k k8s/"}) == ["old: k8s/"]

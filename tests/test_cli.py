@@ -405,3 +405,29 @@ def test_access_log_follows_its_key(tmp_path, workers):
     logs = worker.logs()
     assert any(line["message"] == "Worker listening" for line in logs)
     assert not any(line["message"] == "Request handled" for line in logs)
+
+
+# --- shipped placeholders and short secrets -----------------------------------------------------
+
+
+def test_serve_refuses_the_shipped_example_config(tmp_path):
+    from zephyr_edge.config import strip_jsonc
+
+    example = Path(__file__).resolve().parent.parent / "deploy" / "systemd" / "config.example.json"
+    placeholder = json.loads(strip_jsonc(example.read_text(encoding="utf-8")))["ZE_WORKER_JWT_SECRET"]
+    result = run("serve", env=clean_env(ZE_WORKER_CONFIG_JSON=str(example), ZE_WORKER_DATA_DIR=str(tmp_path)))
+    assert result.returncode == 2
+    assert "ZE_WORKER_JWT_SECRET is still a placeholder" in result.stderr
+    assert placeholder not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_a_short_jwt_secret_is_warned_about_at_start(tmp_path, workers):
+    port = free_port()
+    short = "short-secret-3f9a"
+    worker = workers(["dev", "--port", str(port)], clean_env(ZE_WORKER_JWT_SECRET=short), tmp_path, port)
+    worker.wait_status("/healthz", 200)
+    assert worker.stop() == 0
+    warns = [line["message"] for line in worker.logs() if line["level"] == "warn"]
+    assert any("ZE_WORKER_JWT_SECRET is shorter than 32 bytes" in w for w in warns), warns
+    assert short not in "\n".join(worker.stdout + worker.stderr)

@@ -363,3 +363,28 @@ def test_describe_redacts_secrets_and_shows_sources(tmp_path):
     assert described["ZE_WORKER_DELIMITER"] == {"value": "-", "source": "default"}
     # an empty secret is shown as empty, not as a mask
     assert config.describe(config.load(MINIMAL))["ZE_WORKER_REDIS_PASSWORD"]["value"] == ""
+
+
+# --- shipped placeholders and short secrets -------------------------------------------------
+
+
+@pytest.mark.parametrize("key", sorted(SECRETS) + ["ZE_WORKER_REDIS_PASSWORD"])
+@pytest.mark.parametrize("value", ["CHANGE-ME-long-random-string", "change-me", "ChangeMe!", "<secret key>"])
+def test_a_placeholder_secret_is_refused_naming_the_key_not_the_value(key, value):
+    problems = problems_of({**MINIMAL, key: value})
+    assert problems == [f"{key} is still a placeholder from the example configuration: replace it with a real secret"]
+    assert value not in "\n".join(problems)
+
+
+def test_placeholders_of_unselected_backends_and_non_secrets_are_not_refused(tmp_path):
+    env = {"ZE_WORKER_STORAGE_BACKEND": "local", "ZE_WORKER_KV_BACKEND": "local", "ZE_WORKER_DATA_DIR": str(tmp_path),
+           "ZE_WORKER_JWT_SECRET": "x" * 32, "ZE_WORKER_S3_SECRET_ACCESS_KEY": "CHANGE-ME", "ZE_WORKER_REPLICA_NAME": "<r>"}
+    assert config.load(env).worker.replica_name == "<r>"
+
+
+@pytest.mark.parametrize("secret,warned", [("x" * 31, True), ("é" * 16, False), ("x" * 32, False), ("s3cr3t", True)])
+def test_a_short_jwt_secret_is_warned_about(secret, warned):
+    warnings = config.load({**MINIMAL, "ZE_WORKER_JWT_SECRET": secret}).warnings
+    assert [w for w in warnings if w.startswith("ZE_WORKER_JWT_SECRET is shorter than 32 bytes")] == (
+        [w for w in warnings] if warned else [])
+    assert secret not in "\n".join(warnings)

@@ -11,6 +11,8 @@ import pytest
 
 from zephyr_edge import config, plugins
 
+from tests.deploy.support import config_problems, filled_in
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -67,14 +69,17 @@ def _scaling_examples() -> list[str]:
 
 
 def test_the_scaling_examples_load(tmp_path):
-    """Each worked configuration of the three scaling modes loads through the worker's own
-    loader and configures the mode it illustrates."""
+    """Each worked configuration of the three scaling modes is refused with its ``<...>``
+    placeholders, loads through the worker's own loader once they are filled in, and
+    configures the mode it illustrates."""
     examples = _scaling_examples()
     assert len(examples) == 3
     loaded = []
     for i, example in enumerate(examples):
+        problems = config_problems(example)
+        assert problems and all("is still a placeholder" in p for p in problems), problems
         path = tmp_path / f"example-{i}.json"
-        path.write_text(example, encoding="utf-8")
+        path.write_text(filled_in(example), encoding="utf-8")
         loaded.append(config.load({config.CONFIG_FILE_KEY: str(path)}))
     same_region, multi_region, combined = (c.worker for c in loaded)
     assert not same_region.replica_name and not same_region.replicas_urls

@@ -5,7 +5,8 @@ Every string value is converted and validated by one cattrs converter; every pro
 collected and reported at once as a :class:`ConfigError`.
 
 A field's key is ``ZE_WORKER_`` + its prefix + its upper-cased name, unless its metadata
-gives ``key``. Field metadata ``secret=True`` redacts the value in ``zephyr-edge config``.
+gives ``key``. Field metadata ``secret=True`` redacts the value in ``zephyr-edge config``, and
+the worker refuses to start while such a value is a placeholder of the shipped examples.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ CONFIG_FILE_KEY = "ZE_WORKER_CONFIG_JSON"
 Port = NewType("Port", int)
 Url = NewType("Url", str)
 Delimiter = NewType("Delimiter", str)
+
+#: Placeholders the project's shipped configurations put where a secret goes:
+#: ``CHANGE-ME...`` (any case, with or without the hyphen) and ``<...>`` (the README's
+#: examples). A worker refuses to start while a secret of its configuration is one.
+PLACEHOLDER_PREFIX = "changeme"
+#: Below this many bytes ZE_WORKER_JWT_SECRET is warned about at start.
+MIN_JWT_SECRET_BYTES = 32
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -356,6 +364,37 @@ def known_keys(cls: type | None, prefix: str) -> set[str]:
     return {key_of(f, prefix) for f in attrs.fields(cls)} if cls is not None else set()
 
 
+def is_placeholder(value: Any) -> bool:
+    """Whether ``value`` is one of the placeholders the shipped configurations carry."""
+    text = str(value).strip()
+    squashed = re.sub(r"[\s_-]", "", text).lower()
+    return squashed.startswith(PLACEHOLDER_PREFIX) or (len(text) > 2 and text[0] == "<" and text[-1] == ">")
+
+
+def secret_keys(parts: list[tuple[type, str]]) -> list[str]:
+    """The keys of the fields marked secret in ``[(attrs class, options prefix), ...]``."""
+    return [key_of(f, prefix) for cls, prefix in parts for f in attrs.fields(cls) if f.metadata.get("secret")]
+
+
+def placeholder_problems(raw: Mapping[str, tuple[Any, str]], parts: list[tuple[type, str]]) -> list[str]:
+    """One problem per secret still holding a shipped placeholder (naming the key, never the value)."""
+    return [
+        f"{key} is still a placeholder from the example configuration: replace it with a real secret"
+        for key in secret_keys(parts)
+        if key in raw and is_placeholder(raw[key][0])
+    ]
+
+
+def short_secret_warnings(worker: WorkerConfig) -> list[str]:
+    size = len(worker.jwt_secret.encode("utf-8"))
+    if size >= MIN_JWT_SECRET_BYTES:
+        return []
+    return [
+        f"{KEY_PREFIX}JWT_SECRET is shorter than {MIN_JWT_SECRET_BYTES} bytes: tokens signed with it are "
+        "easier to forge; use a long random string (e.g. `openssl rand -base64 48`)"
+    ]
+
+
 def _backend_prefix(name: str) -> str:
     return KEY_PREFIX + name.upper().replace("-", "_") + "_"
 
@@ -414,6 +453,10 @@ def load(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None)
         options = _structure(cls.Options, cls.options_prefix, raw, conv, problems, sources) if cls.Options else None
         chosen[kind] = BackendChoice(str(name), cls, options)
 
+    parts = [(WorkerConfig, "")] + [
+        (choice.cls.Options, choice.cls.options_prefix) for choice in chosen.values() if choice.cls.Options is not None
+    ]
+    problems.extend(placeholder_problems(raw, parts))
     if worker is not None:
         problems.extend(hostnames.prefix_problems(worker.redis_prefix_envs, worker.redis_prefix_snapshots))
         if worker.public_url:
@@ -434,7 +477,7 @@ def load(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None)
         for name in plugins.installed(kind)
         if name != chosen[kind].name
     }
-    warnings = _unknown_key_warnings(raw, known, foreign - own, own)
+    warnings = _unknown_key_warnings(raw, known, foreign - own, own) + short_secret_warnings(worker)
     return Config(worker, chosen["storage"], chosen["kv"], sources, tuple(warnings))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from zephyr_edge import config as cfg
 
-from tests.deploy.support import PLACEHOLDER, load_config, raw_values, secret_keys
+from tests.deploy.support import raw_values, secret_keys, shipped_config
 
 LIST_KEY = cfg.KEY_PREFIX + "REPLICAS_URLS"
 
@@ -25,15 +25,15 @@ def layout_problems(text: str) -> list[str]:
 
 
 def placeholder_problems(text: str) -> list[str]:
-    """Secrets in a shipped file are clearly marked placeholders (or left empty)."""
+    """Secrets in a shipped file are placeholders the worker refuses (or left empty)."""
     values = raw_values(text)
     found = []
-    for key in sorted(secret_keys(load_config(text)) & set(values)):
-        if values[key] and not str(values[key]).startswith(PLACEHOLDER):
-            found.append(f"{key} holds a value that is not a {PLACEHOLDER} placeholder")
+    for key in sorted(secret_keys(shipped_config(text)) & set(values)):
+        if values[key] and not cfg.is_placeholder(values[key]):
+            found.append(f"{key} holds a value that is not a placeholder")
     return found
 
 
 def warning_problems(text: str) -> list[str]:
-    """Unknown keys (typos) the worker would warn about at start."""
-    return list(load_config(text).warnings)
+    """Unknown keys (typos) the worker would warn about at start, placeholders replaced."""
+    return list(shipped_config(text).warnings)

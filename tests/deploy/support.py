@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import copy
 import functools
+import hashlib
 import json
 import subprocess
 import tempfile
@@ -44,6 +45,8 @@ CONFIG_FILE_NAME = "config.json"
 CONFIG_MOUNT = "/etc/ze-worker"
 #: What marks a placeholder for a secret in the shipped configurations.
 PLACEHOLDER = "CHANGE-ME"
+#: Files users copy configuration from: every placeholder in them must be refused.
+SHIPPED = (K8S, REPO / "deploy", REPO / "docs", REPO / "README.md", REPO / "examples")
 
 
 def find(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -88,7 +91,23 @@ def secret_keys(config: cfg.Config) -> set[str]:
     for choice in (config.storage, config.kv):
         if choice.cls.Options is not None:
             parts.append((choice.cls.Options, choice.cls.options_prefix))
-    return {cfg.key_of(f, prefix) for cls, prefix in parts for f in attrs.fields(cls) if f.metadata.get("secret")}
+    return set(cfg.secret_keys(parts))
+
+
+def filled_in(text: str) -> str:
+    """``text`` (a shipped config file) with every placeholder replaced, as a user does: by a
+    long value derived from the placeholder (the same placeholder gets the same value, so
+    the regions' shared JWT secret stays shared)."""
+    values = raw_values(text)
+    for key, value in values.items():
+        if isinstance(value, str) and cfg.is_placeholder(value):
+            values[key] = "filled-in-" + hashlib.sha256(value.encode("utf-8")).hexdigest()
+    return json.dumps(values)
+
+
+def shipped_config(text: str) -> cfg.Config:
+    """The configuration a shipped file gives once its placeholders are replaced."""
+    return load_config(filled_in(text))
 
 
 def probe_routes(config: cfg.Config) -> dict[str, str]:
@@ -142,5 +161,5 @@ def config_text(target: str) -> str:
 
 
 def worker_config(target: str) -> cfg.Config:
-    """The worker's configuration as the target's pods would load it."""
-    return load_config(config_text(target))
+    """The worker's configuration as the target's pods would load it, placeholders replaced."""
+    return shipped_config(config_text(target))

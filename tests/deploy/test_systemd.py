@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.deploy import systemd
-from tests.deploy.support import SYSTEMD_UNIT, VM_CONFIG, load_config
+from tests.deploy.support import SYSTEMD_UNIT, VM_CONFIG, shipped_config
 
 CONFIG_PATH = "/etc/ze-worker/config.json"
 
@@ -15,7 +15,7 @@ def unit_text() -> str:
 
 
 def check(text: str) -> list[str]:
-    worker = load_config(VM_CONFIG.read_text(encoding="utf-8")).worker
+    worker = shipped_config(VM_CONFIG.read_text(encoding="utf-8")).worker
     return systemd.problems(systemd.parse(text), worker.shutdown_grace_ms, worker.data_dir, CONFIG_PATH)
 
 

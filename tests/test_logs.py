@@ -7,12 +7,14 @@ import datetime as dt
 import io
 import json
 import logging
+import sys
 
 import pytest
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.test_utils import TestServer
 
-from zephyr_edge import logs
+from zephyr_edge import logs, tokens
 from zephyr_edge.config import LogLevel
 from zephyr_edge.redaction import Redactor
 
@@ -203,3 +205,68 @@ def test_log_lines_stay_valid_json_with_one_letter_and_word_secrets(capture):
     assert first["message"] == "*** message about *** with password ***"
     assert first["http.path"] == "/***/b" and first["obj"] == "***"
     assert second["message"] == "*** failed" and 'quote " and ***' in second["exception"]
+
+
+# --- third-party records and client garbage ---------------------------------------------------
+
+SIGNED = ("Sending http request: <AWSPreparedRequest method=PUT, url=http://127.0.0.1:9000/b/k?X-Amz-Signature=0a1b2c3d,"
+          " headers={'Authorization': b'AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/20260101/us-east-1/s3/aws4_request,"
+          " SignedHeaders=host, Signature=0123456789abcdef0123456789abcdef'}>")
+
+
+@pytest.mark.parametrize("level", [LogLevel.DEBUG, LogLevel.INFO])
+def test_third_party_chatter_is_capped_at_warn(capture, level):
+    buffer = capture(level)
+    logging.getLogger("botocore.endpoint").debug(SIGNED)
+    logging.getLogger("coredis.client").info("connected")
+    logging.getLogger("zephyr_edge.storage.s3").debug("our own debug line")
+    logging.getLogger("botocore.credentials").warning("a warning")
+    got = [(line["logger"], line["level"]) for line in lines(buffer)]
+    own = [("zephyr_edge.storage.s3", "debug")] if level == LogLevel.DEBUG else []
+    assert got == own + [("botocore.credentials", "warn")]
+
+
+def test_third_party_lines_at_trace_have_credentials_scrubbed(capture):
+    buffer = capture(LogLevel.TRACE)
+    token = tokens.mint(SECRET, "web.repo.org")
+    logging.getLogger("botocore.endpoint").debug(SIGNED)
+    logging.getLogger("botocore.auth").debug("Signature:\n%s", "f" * 64)
+    logging.getLogger("aiohttp.client").debug("headers: can_write_jwt: %s, Authorization: Bearer %s", token, token)
+    text = buffer.getvalue()
+    assert len(lines(buffer)) == 3
+    for leaked in ("0123456789abcdef", "AKIAEXAMPLE", "0a1b2c3d", "f" * 64, token, "AWS4-HMAC-SHA256"):
+        assert leaked not in text
+    assert "X-Amz-Signature=***" in text and "'Authorization': b'***'" in text
+
+
+def _garbage_record() -> logging.LogRecord:
+    try:
+        raise BadHttpMessage("Invalid header value char")
+    except BadHttpMessage:
+        return logging.getLogger("aiohttp.server").makeRecord(
+            "aiohttp.server", logging.ERROR, __file__, 1, "Error handling request from %s", ("127.0.0.1",),
+            sys.exc_info(),
+        )
+
+
+@pytest.mark.parametrize("level,shown", [(LogLevel.INFO, 0), (LogLevel.DEBUG, 1)])
+def test_client_garbage_is_one_debug_line_without_traceback(capture, level, shown):
+    buffer = capture(level)
+    logging.getLogger("aiohttp.server").handle(_garbage_record())
+    got = lines(buffer)
+    assert len(got) == shown
+    if shown:
+        (line,) = got
+        assert line["level"] == "debug" and "exception" not in line and line["http.status"] == 400
+        assert line["message"] == "Malformed request refused: Invalid header value char"
+        assert line["http.remote"] == "127.0.0.1"
+
+
+def test_real_server_errors_keep_their_traceback(capture):
+    buffer = capture()
+    try:
+        raise RuntimeError("handler bug")
+    except RuntimeError:
+        logging.getLogger("aiohttp.server").exception("Error handling request from %s", "127.0.0.1")
+    (line,) = lines(buffer)
+    assert line["level"] == "error" and "RuntimeError: handler bug" in line["exception"]

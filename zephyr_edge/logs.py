@@ -8,7 +8,31 @@ structured fields a call passes as ``extra={"fields": {"server.port": 8080}}``, 
 to the log only, never to a client.
 
 Configured secret values are replaced by ``***`` in every emitted line (a defence in depth:
-the code never logs secrets on purpose).
+the code never logs secrets on purpose), wherever they stand as whole words: a secret is
+not masked inside a longer word, field names and the fixed fields (``timestamp``,
+``level``, ``service``, ``replica``, ``logger``) are never changed, so every line stays
+valid JSON (:mod:`zephyr_edge.redaction`).
+
+Third-party libraries (aiohttp, botocore and aiobotocore, urllib3, coredis, asyncio...) log
+through the same handler, filtered by :class:`Gate`:
+
+- their records below warn are dropped unless the level is ``trace`` (at debug, botocore
+  alone writes dozens of lines per S3 request, among them the signed request with its
+  ``Authorization`` header); ``debug`` shows the worker's own debug lines only;
+- every third-party line that is shown, and every traceback, has credentials masked
+  (``Authorization`` and ``can_write_jwt`` values, SigV4 ``Signature=``, ``Credential=``
+  and ``X-Amz-Signature=``, bearer tokens, anything shaped like a JWT): ``trace`` is meant
+  for debugging a backend, and still shows no credential;
+- a malformed request (bad request line, header, chunking: aiohttp's
+  ``Error handling request`` with a parse error) is the client's fault, not the worker's: it
+  becomes one ``Malformed request refused: <reason>`` line at debug, without traceback,
+  and nothing at info. Real failures stay at error with their traceback.
+
+Refused requests (:func:`zephyr_edge.app.error_middleware`): a refused write (any method
+but GET/HEAD/OPTIONS answered 4xx) is one ``Write refused: <reason>`` line at info, with
+``http.method``, ``http.path``, ``http.status``, ``zephyr.upload.type`` and
+``zephyr.application_uid`` when known (never the token); a refused read (a 404 while
+serving, a bad Range) is one ``Request refused`` line at debug.
 
 Access log (:class:`AccessLogger`): one ``Request handled`` line per request with
 ``http.method``, ``http.path`` (no query string: it may carry tokens), ``http.status``,

@@ -356,9 +356,11 @@ def test_port_in_use_exits_1_with_a_fatal_line(tmp_path):
         result = run("dev", "--port", str(port), cwd=tmp_path)
     assert result.returncode == 1
     logs = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-    fatal = [line for line in logs if line["level"] == "fatal"]
-    assert fatal and "exception" in fatal[0]
-    assert "Traceback" not in result.stderr
+    fatal = [line for line in logs if line["level"] in ("error", "fatal")]
+    assert len(fatal) == 1 and fatal[0]["level"] == "fatal", logs  # one clear line...
+    assert fatal[0]["message"].startswith(f"Cannot listen on 127.0.0.1:{port}: address already in use")
+    assert "exception" not in fatal[0]  # ...without a traceback
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
 
 
 # --- serve on the real services ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The ``can_write_jwt`` header check of every write (protocol 3).
+"""The ``can_write_jwt`` header check of every write.
 
 Built on :func:`zephyr_edge.tokens.verify`: HS256 only (the algorithm list is fixed, a
 token never chooses its own), ``exp`` required, ``can_write: true``, and the token's
@@ -27,8 +27,8 @@ TOKEN_CACHE_SIZE = 256
 
 log = logging.getLogger(__name__)
 
-#: The header carrying the write token (lower case, underscores: see protocol 3 about
-#: reverse proxies dropping such headers).
+#: The header carrying the write token (lower case, with underscores: nginx and some other
+#: reverse proxies drop headers with underscores unless told not to, see docs/deployment.md).
 HEADER = "can_write_jwt"
 #: An algorithm name safe to quote back in an error message (it comes from the client).
 _SHOWABLE_ALG = re.compile(r"[A-Za-z0-9_-]{1,16}")

@@ -55,7 +55,8 @@ def _without_userinfo(url: str) -> str:
 
 
 def log_startup(config: Config) -> None:
-    """The startup lines documented in config.md and protocol.md section 8."""
+    """The startup lines: replica mode and its fan-out (replication on, README: Scaling and
+    replication), then ``Worker listening`` with the port."""
     worker = config.worker
     if worker.replica_name:
         log.info("Replica mode enabled", extra={"fields": {"zephyr.replica": worker.replica_name}})

@@ -1,4 +1,4 @@
-"""The receiving side of the sync protocol: ``POST /upload?type=sync-…`` (protocol 8).
+"""The receiving side of the sync protocol: ``POST /upload?type=sync-…`` (:mod:`.protocol`).
 
 Each handler refuses (403) when replication is not enabled here (no
 ``ZE_WORKER_REPLICA_NAME``), then checks the sync token (:mod:`.synctoken`) before it reads

@@ -244,3 +244,18 @@ async def test_refused_reads_stay_at_debug(tmp_path, aiohttp_client, caplog):
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO and "refused" in r.getMessage()]
     refused = [r for r in caplog.records if r.getMessage().startswith("Request refused")]
     assert len(refused) >= 2 and all(r.levelno == logging.DEBUG for r in refused)
+
+
+async def test_error_answers_mask_short_secrets_as_words_only(aiohttp_client):
+    async def handler(request: web.Request) -> web.Response:
+        raise BadRequest("a value of redis is not accepted for a header", field="header")
+
+    app = web.Application(middlewares=[zapp.error_middleware])
+    app[zapp.REDACTOR_KEY] = Redactor(["a", "redis"])
+    app.router.add_get("/", handler)
+    client = await aiohttp_client(app)
+    resp = await client.get("/")
+    assert resp.status == 400
+    assert await resp.json() == {
+        "error": "bad_request", "message": "*** value of *** is not accepted for *** header", "field": "header",
+    }

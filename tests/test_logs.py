@@ -28,8 +28,8 @@ def capture():
     saved = (root.level, list(root.handlers))
     buffer = io.StringIO()
 
-    def setup(level=LogLevel.INFO, replica="", secrets=()):
-        logs.configure(level, replica, secrets, stream=buffer)
+    def setup(level=LogLevel.INFO, replica="", secrets=(), own_modules=()):
+        logs.configure(level, replica, secrets, stream=buffer, own_modules=own_modules)
         return buffer
 
     yield setup
@@ -270,3 +270,10 @@ def test_real_server_errors_keep_their_traceback(capture):
         logging.getLogger("aiohttp.server").exception("Error handling request from %s", "127.0.0.1")
     (line,) = lines(buffer)
     assert line["level"] == "error" and "RuntimeError: handler bug" in line["exception"]
+
+
+def test_a_selected_backend_plugin_logs_as_our_own(capture):
+    buffer = capture(LogLevel.DEBUG, own_modules=["zephyr_edge_pgkv.backend"])
+    logging.getLogger("zephyr_edge_pgkv.backend").debug("atomic: retrying")
+    logging.getLogger("zephyr_edge_pgkvx").debug("another package")
+    assert [(line["logger"], line["level"]) for line in lines(buffer)] == [("zephyr_edge_pgkv.backend", "debug")]

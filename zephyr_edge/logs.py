@@ -14,7 +14,8 @@ not masked inside a longer word, field names and the fixed fields (``timestamp``
 valid JSON (:mod:`zephyr_edge.redaction`).
 
 Third-party libraries (aiohttp, botocore and aiobotocore, urllib3, coredis, asyncio...) log
-through the same handler, filtered by :class:`Gate`:
+through the same handler, filtered by :class:`Gate` (the package of a selected backend
+plugin logs as the worker's own code):
 
 - their records below warn are dropped unless the level is ``trace`` (at debug, botocore
   alone writes dozens of lines per S3 request, among them the signed request with its
@@ -114,9 +115,16 @@ def level_name(levelno: int) -> str:
     return "trace"
 
 
-def is_own(record: logging.LogRecord) -> bool:
-    """Whether ``record`` comes from the worker's own code (not a third-party library)."""
-    return record.name == OWN_LOGGER or record.name.startswith(OWN_LOGGER + ".")
+def is_own(record: logging.LogRecord, own: Iterable[str] = (OWN_LOGGER,)) -> bool:
+    """Whether ``record`` comes from the worker's own code: the logger ``zephyr_edge`` or one
+    below it, or one of the packages ``own`` (the selected backends' plugin packages)."""
+    name = record.name
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in own)
+
+
+def own_packages(extra: Iterable[str] = ()) -> tuple[str, ...]:
+    """``zephyr_edge`` and the top-level packages of ``extra`` module names, deduplicated."""
+    return tuple(dict.fromkeys([OWN_LOGGER, *(m.split(".", 1)[0] for m in extra if m)]))
 
 
 def client_garbage(record: logging.LogRecord) -> HttpProcessingError | None:
@@ -142,12 +150,13 @@ class Gate(logging.Filter):
     :class:`JsonFormatter`); other third-party records at warn and above, all of them
     only at trace."""
 
-    def __init__(self, level: int):
+    def __init__(self, level: int, own: Iterable[str] = (OWN_LOGGER,)):
         super().__init__()
         self.level = level
+        self.own = tuple(own)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if is_own(record):
+        if is_own(record, self.own):
             return True
         if client_garbage(record) is not None:
             return self.level <= logging.DEBUG
@@ -157,10 +166,13 @@ class Gate(logging.Filter):
 class JsonFormatter(logging.Formatter):
     """Formats a record as one JSON object (see the module docstring for the fields)."""
 
-    def __init__(self, replica: str = DEFAULT_REPLICA, redactor: Redactor | None = None):
+    def __init__(
+        self, replica: str = DEFAULT_REPLICA, redactor: Redactor | None = None, own: Iterable[str] = (OWN_LOGGER,)
+    ):
         super().__init__()
         self.replica = replica or DEFAULT_REPLICA
         self.redactor = redactor if redactor is not None else Redactor(())
+        self.own = tuple(own)
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = dt.datetime.fromtimestamp(record.created, dt.timezone.utc)
@@ -175,7 +187,7 @@ class JsonFormatter(logging.Formatter):
         garbage = client_garbage(record)
         if garbage is not None:  # a client's fault, not ours: one debug line, no traceback
             head["level"] = "debug"
-            reason = str(garbage.message or type(garbage).__name__).strip().splitlines()[0]
+            reason = str(garbage.message or type(garbage).__name__).strip().splitlines()[0].rstrip(":")
             out: dict[str, Any] = {
                 "message": f"Malformed request refused: {reason}", "logger": record.name,
                 "http.status": garbage.code, "error.type": type(garbage).__name__,
@@ -183,7 +195,7 @@ class JsonFormatter(logging.Formatter):
             }
             return json.dumps(head | self.redactor.value(out), default=str, ensure_ascii=False)
         message = record.getMessage()
-        out = {"message": message if is_own(record) else scrub_credentials(message), "logger": record.name}
+        out = {"message": message if is_own(record, self.own) else scrub_credentials(message), "logger": record.name}
         fields = getattr(record, "fields", None)
         if isinstance(fields, Mapping):
             for key, value in fields.items():
@@ -233,19 +245,23 @@ def configure(
     replica: str = "",
     secrets: Iterable[str] = (),
     stream: TextIO | None = None,
+    own_modules: Iterable[str] = (),
 ) -> logging.Handler:
     """Send every log record to ``stream`` (stdout) as JSON lines, at ``level`` and above.
 
-    Replaces the handler a previous call installed; other handlers are left alone.
-    Returns the installed handler.
+    ``own_modules`` names modules whose packages log as the worker's own code (the selected
+    backends, which may come from plugin distributions); other third parties are filtered
+    by :class:`Gate`. Replaces the handler a previous call installed; other handlers are
+    left alone. Returns the installed handler.
     """
     logging.addLevelName(TRACE, "TRACE")
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _MARK, False)]:
         root.removeHandler(old)
     handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
-    handler.setFormatter(JsonFormatter(replica, Redactor(secrets)))
-    handler.addFilter(Gate(LEVELS[level]))
+    own = own_packages(own_modules)
+    handler.setFormatter(JsonFormatter(replica, Redactor(secrets), own))
+    handler.addFilter(Gate(LEVELS[level], own))
     setattr(handler, _MARK, True)
     root.addHandler(handler)
     root.setLevel(LEVELS[level])  # aiohttp's own loggers follow the root level

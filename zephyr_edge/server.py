@@ -42,7 +42,8 @@ class ListenError(Exception):
 
 def configure_logging(config: Config) -> None:
     """Install the JSON log handler for ``config`` and log its warnings."""
-    logs.configure(config.worker.log_level, config.worker.replica_name, redaction.secret_values(config))
+    logs.configure(config.worker.log_level, config.worker.replica_name, redaction.secret_values(config),
+                   own_modules=(config.storage.cls.__module__, config.kv.cls.__module__))
     for warning in config.warnings:
         log.warning(warning)
 

@@ -87,7 +87,10 @@ AIOHTTP_SERVER_LOGGER = "aiohttp.server"
 #: each pattern's first group is kept, the rest of the match becomes ``***``.
 _CREDENTIALS = (
     # header dumps: 'Authorization': b'AWS4-HMAC-SHA256 ...', can_write_jwt: eyJ..., X-Amz-Security-Token=...
-    re.compile(r"""(?i)((?:authorization|proxy-authorization|can_write_jwt|x-amz-security-token)['"]?\s*[:=]\s*b?['"]?)[^'"\r\n]+"""),
+    re.compile(
+        r"""(?i)((?:authorization|proxy-authorization|can_write_jwt|x-amz-security-token)['"]?\s*[:=]\s*b?['"]?)"""
+        r"""[^'"\r\n]+"""
+    ),
     # query strings and SigV4 parts: X-Amz-Signature=..., Credential=..., Signature=...
     re.compile(r"(?i)((?:signature|credential|x-amz-credential|x-amz-signature|x-amz-security-token)=)[^&\s,'\"]+"),
     # botocore's "Signature:\n<hex>" debug line

@@ -11,7 +11,8 @@ from typing import Any
 import coredis
 from aiobotocore.session import get_session
 
-#: The six keys config.md lists as required (with the default s3 + redis backends).
+#: The six keys the configuration requires with the default s3 + redis backends (README's
+#: Configuration reference).
 REQUIRED_KEYS = (
     "ZE_WORKER_JWT_SECRET",
     "ZE_WORKER_S3_ENDPOINT",

@@ -310,9 +310,13 @@ async def test_versions_json_newest_first_with_hostnames(backend):
     assert OTHER_UID not in table.stdout
 
 
-async def test_versions_of_an_unknown_app(backend):
+async def test_versions_of_an_unknown_app_exits_1(backend):
+    await backend.seed(snapshot(1))
     result = await backend.run("versions", "--app", "nothing.here.acme", "--json")
-    assert result.returncode == 0 and json.loads(result.stdout) == []
+    assert result.returncode == 1 and json.loads(result.stdout) == []  # still valid JSON for scripts
+    assert "unknown application 'nothing.here.acme'" in result.stderr
     result = await backend.run("versions", "--app", "nothing.here.acme")
-    assert result.returncode == 0 and result.stdout == ""
-    assert "no snapshots" in result.stderr
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "unknown application 'nothing.here.acme'" in result.stderr
+    no_traceback(result)
+    assert (await backend.run("versions", "--app", UID)).returncode == 0

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from zephyr_edge import app as zapp
-from zephyr_edge import config, server
+from zephyr_edge import config, server, tokens
 from zephyr_edge.errors import (
     BackendError,
     BackendUnavailable,
@@ -182,3 +182,80 @@ async def test_shutdown_grace_bounds_the_drain(tmp_path):
         assert time.monotonic() - started < 3
         with pytest.raises(aiohttp.ClientError):
             await asyncio.wait_for(in_flight, 5)
+
+
+# --- refused writes are visible to the operator ----------------------------------------------
+
+APP_UID = "web.repo.org"
+OTHER_UID = "other.repo.org"
+
+
+def _refusal_cases() -> list[tuple[str, str, dict, dict, bytes | None, int, str, str | None]]:
+    """(name, method, query, headers, body, status, a word of the reason, logged application:
+    the application of a token verified by the request, else a well-formed query parameter)."""
+    from tests.upload_support import snapshot_body
+
+    mine, other = tokens.mint(SECRET, APP_UID), tokens.mint(SECRET, OTHER_UID)
+    snap = json.dumps(snapshot_body(APP_UID)).encode()
+    return [
+        ("token-of-another-app", "POST", {"type": "snapshot"}, {"can_write_jwt": other}, snap, 403,
+         "does not match", OTHER_UID),
+        ("no-token", "POST", {"type": "file", "hash": "0" * 64, "filename": "a.js"}, {}, b"x", 403, "missing", None),
+        ("bad-hash", "POST", {"type": "file", "hash": "nope", "filename": "a.js"}, {"can_write_jwt": mine}, b"x",
+         400, "hash", APP_UID),
+        ("bad-envs-json", "POST", {"type": "envs"}, {"can_write_jwt": mine}, b"{", 400, "JSON", APP_UID),
+        ("unknown-type", "POST", {"type": "frobnicate"}, {"can_write_jwt": mine}, b"", 501, "Not Implemented", None),
+        ("sync-without-replication", "POST", {"type": "sync-file", "application_uid": APP_UID, "hash": "0" * 64},
+         {"Authorization": "Bearer " + mine}, b"x", 403, "replication is not enabled", APP_UID),
+        ("other-method", "PUT", {"type": "file"}, {"can_write_jwt": mine}, b"x", 405, "Method Not Allowed", None),
+    ]
+
+
+@pytest.mark.parametrize("case", _refusal_cases(), ids=lambda c: c[0])
+async def test_every_refused_write_leaves_one_line(tmp_path, aiohttp_client, caplog, case):
+    name, method, query, headers, body, status, reason, uid = case
+    client = await aiohttp_client(zapp.make_app(local_config(tmp_path)))
+    caplog.set_level(logging.DEBUG, logger="zephyr_edge")
+    resp = await client.request(method, "/upload", params=query, headers=headers, data=body)
+    assert resp.status == status, await resp.text()
+    visible = [r for r in caplog.records if r.levelno >= logging.INFO and r.name.startswith("zephyr_edge")]
+    assert len(visible) == 1, [r.getMessage() for r in visible]
+    (record,) = visible
+    assert record.levelno in (logging.INFO, logging.WARNING)
+    assert record.getMessage().startswith("Write refused: ") and reason in record.getMessage()
+    fields = record.fields
+    assert (fields["http.method"], fields["http.path"], fields["http.status"]) == (method, "/upload", status)
+    assert fields["zephyr.upload.type"] == query["type"]
+    assert fields["zephyr.application_uid"] == uid
+    for value in headers.values():
+        token = value.removeprefix("Bearer ")
+        assert all(token not in r.getMessage() and token not in json.dumps(r.fields, default=str)
+                   for r in caplog.records if hasattr(r, "fields"))
+
+
+async def test_refused_reads_stay_at_debug(tmp_path, aiohttp_client, caplog):
+    client = await aiohttp_client(zapp.make_app(local_config(tmp_path)))
+    caplog.set_level(logging.DEBUG, logger="zephyr_edge")
+    bad = {"can_write_jwt": "not.a.jwt"}
+    assert (await client.get("/__get_application_hash_list__", params={"application_uid": APP_UID},
+                             headers=bad)).status == 403
+    assert (await client.get("/__get_application_hash_list__")).status == 400
+    assert (await client.get("/missing.js", headers={"Host": "nothing.example.com"})).status == 404
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO and "refused" in r.getMessage()]
+    refused = [r for r in caplog.records if r.getMessage().startswith("Request refused")]
+    assert len(refused) >= 2 and all(r.levelno == logging.DEBUG for r in refused)
+
+
+async def test_error_answers_mask_short_secrets_as_words_only(aiohttp_client):
+    async def handler(request: web.Request) -> web.Response:
+        raise BadRequest("a value of redis is not accepted for a header", field="header")
+
+    app = web.Application(middlewares=[zapp.error_middleware])
+    app[zapp.REDACTOR_KEY] = Redactor(["a", "redis"])
+    app.router.add_get("/", handler)
+    client = await aiohttp_client(app)
+    resp = await client.get("/")
+    assert resp.status == 400
+    assert await resp.json() == {
+        "error": "bad_request", "message": "*** value of *** is not accepted for *** header", "field": "header",
+    }

@@ -21,7 +21,8 @@ H = "0123456789abcdef" * 4
 
 
 def reference(body: bytes, filename: str) -> str:
-    """The rule exactly as protocol.md writes it."""
+    """The hash rule written out as ``zephyr-agent`` computes it (see the docstring of
+    ``zephyr_edge.assets``), independently of the code under test."""
     p = filename.encode()
     h = hashlib.sha256(body or p)
     h.update(p)

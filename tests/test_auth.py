@@ -128,7 +128,7 @@ async def test_http_refusals_are_403_never_401(client, caplog, name):
     assert resp.status == 403, text
     body = json.loads(text)
     assert body["error"] == "forbidden" and reason in body["message"]
-    refused = [r for r in caplog.records if r.name == "zephyr_edge.auth"]
+    refused = [r for r in caplog.records if r.name == "zephyr_edge.app"]
     assert refused and refused[0].levelno == logging.INFO and reason in refused[0].getMessage()
     if token and token.strip():
         assert token not in text

@@ -356,9 +356,11 @@ def test_port_in_use_exits_1_with_a_fatal_line(tmp_path):
         result = run("dev", "--port", str(port), cwd=tmp_path)
     assert result.returncode == 1
     logs = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-    fatal = [line for line in logs if line["level"] == "fatal"]
-    assert fatal and "exception" in fatal[0]
-    assert "Traceback" not in result.stderr
+    fatal = [line for line in logs if line["level"] in ("error", "fatal")]
+    assert len(fatal) == 1 and fatal[0]["level"] == "fatal", logs  # one clear line...
+    assert fatal[0]["message"].startswith(f"Cannot listen on 127.0.0.1:{port}: address already in use")
+    assert "exception" not in fatal[0]  # ...without a traceback
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
 
 
 # --- serve on the real services ---------------------------------------------------------------
@@ -431,3 +433,96 @@ def test_a_short_jwt_secret_is_warned_about_at_start(tmp_path, workers):
     warns = [line["message"] for line in worker.logs() if line["level"] == "warn"]
     assert any("ZE_WORKER_JWT_SECRET is shorter than 32 bytes" in w for w in warns), warns
     assert short not in "\n".join(worker.stdout + worker.stderr)
+
+
+# --- help, and the admin commands against a dev worker -------------------------------------------
+
+
+def test_every_subcommand_and_option_is_described():
+    from zephyr_edge.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.dest == "command"]
+    assert set(sub.choices) >= {"serve", "dev", "token", "config", "publish", "rollback", "versions", "replicate"}
+    for name, command in sub.choices.items():
+        assert command.description and len(command.description) > 40, name
+        for action in command._actions:
+            assert action.help and action.help.strip(), (name, action.option_strings)
+    for name in ("serve", "config", "token", "versions"):
+        shown = run(name, "--help")
+        assert shown.returncode == 0
+        assert len([line for line in shown.stdout.splitlines() if line.strip()]) > 4, shown.stdout
+        assert sub.choices[name].description.split()[0] in shown.stdout
+
+
+def wait_banner(worker: Worker) -> list[str]:
+    deadline = time.monotonic() + 10
+    while not any(line.startswith("  Tokens for other applications") for line in worker.stderr):
+        assert time.monotonic() < deadline, worker.output()
+        time.sleep(0.05)
+    return list(worker.stderr)
+
+
+def http(url: str, method: str = "GET", host: str | None = None, data: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if host is not None:
+        request.add_header("Host", host)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_dev_banner_and_admin_commands_on_the_dev_data(tmp_path, workers):
+    from tests.upload_support import snapshot_body
+    from zephyr_edge.assets import asset_hash
+
+    port, app = free_port(), "shop.web.acme"
+    worker = workers(["dev", "--port", str(port), "--app", app], clean_env(), tmp_path, port)
+    worker.wait_status("/readyz", 200)
+    banner = "\n".join(wait_banner(worker))
+    data_dir = (tmp_path / "zephyr-edge-data").resolve()
+    # the banner says where apps are served and how to point the agent at the worker
+    assert f"http://<label>.localhost:{port}/" in banner
+    assert f"EDGE_URL http://127.0.0.1:{port}" in banner and "ZE_API" in banner
+    assert f"versions --app <application_uid> --data-dir {data_dir}" in banner
+    token = token_in(banner.splitlines())
+
+    # deploy one version through the dev worker, as the agent would
+    body = snapshot_body(app, files={"index.html": b"<html>dev</html>"})
+    digest = asset_hash(b"<html>dev</html>", "index.html")
+    assert http(f"{worker.url}/upload?type=file&hash={digest}&filename=index.html", "POST",
+                data=b"<html>dev</html>", headers={"can_write_jwt": token})[0] == 200
+    status, answer = http(f"{worker.url}/upload?type=snapshot", "POST", data=json.dumps(body).encode(),
+                          headers={"can_write_jwt": token, "Content-Type": "application/json"})
+    assert status == 200, answer
+    version_url = json.loads(answer)["urls"]["version"]
+    label_host = version_url.split("//", 1)[1]
+    assert label_host.endswith(f".localhost:{port}")  # the shape the banner announced
+    assert http(worker.url + "/", host=label_host) == (200, b"<html>dev</html>")
+
+    # the admin commands find the dev worker's data with --data-dir only (no configuration at all)
+    listed = run("versions", "--app", app, "--json", "--data-dir", str(data_dir))
+    assert listed.returncode == 0, listed.stderr
+    assert [v["snapshot_id"] for v in json.loads(listed.stdout)] == [body["snapshot_id"]]
+    published = run("publish", "--host", "staging.localhost", "--snapshot", body["snapshot_id"],
+                    "--data-dir", str(data_dir))
+    assert published.returncode == 0, published.stderr
+    deadline = time.monotonic() + 10
+    while http(worker.url + "/", host=f"staging.localhost:{port}")[0] != 200:
+        assert time.monotonic() < deadline, "the dev worker did not pick up the publish"
+        time.sleep(0.1)
+    status = run("replicate", "--status", "--data-dir", str(data_dir))
+    assert status.returncode == 0, status.stderr
+    json.loads(status.stdout)
+
+    # without --data-dir the production configuration is required, and the error says what to do
+    bare = run("versions", "--app", app, cwd=tmp_path)
+    assert bare.returncode == 2 and "--data-dir" in bare.stderr and "Traceback" not in bare.stderr
+    # a directory that is not a dev worker's
+    for wrong in (tmp_path / "nothing-here", tmp_path):
+        result = run("versions", "--app", app, "--data-dir", str(wrong))
+        assert result.returncode == 2 and str(wrong) in result.stderr and "Traceback" not in result.stderr
+    assert worker.stop() == 0, worker.output()

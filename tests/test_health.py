@@ -320,3 +320,12 @@ async def test_check_results_mask_configured_secrets():
     shown = results["kv"].to_json(Redactor(SECRETS))
     assert shown["ok"] is False and REDIS_PASSWORD not in json.dumps(shown) and "***" in shown["error"]
     assert results["storage"].ok
+
+
+async def test_short_secrets_are_masked_as_words_only_in_check_results():
+    async def leaky() -> None:
+        raise BackendError("redis", "AUTH redis refused: WRONGPASS invalid username-password pair")
+
+    results = await health.run_checks({"kv": leaky()}, 1.0)
+    shown = results["kv"].to_json(Redactor(["redis", "a"]))
+    assert shown["error"] == "***: AUTH *** refused: WRONGPASS invalid username-password pair"

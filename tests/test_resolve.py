@@ -1,4 +1,4 @@
-"""Path-to-asset resolution (protocol 6.2) and Range parsing (RFC 9110 section 14)."""
+"""Path-to-asset resolution (``zephyr_edge.resolve``) and Range parsing (RFC 9110 section 14)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Serving applications (protocol 6) on real backends: local files + SQLite, and S3 on
+"""Serving applications (``zephyr_edge.serve``) on real backends: local files + SQLite, and S3 on
 moto + Redis. Deployments are seeded through the Catalog and storage directly."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Snapshot JSON validation (protocol 4.2/5), publish payloads (4.3), live payloads (7)."""
+"""Snapshot JSON validation (uploads), publish payloads (``type=envs``), live payloads (the
+records of published hosts)."""
 
 from __future__ import annotations
 

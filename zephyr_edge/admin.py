@@ -7,8 +7,8 @@ running workers watch to drop their hostname caches.
 
 Output: ``publish`` prints one JSON line on stdout; ``versions`` a table (or JSON with
 ``--json``). Messages go to stderr, never a traceback. Exit codes follow
-:mod:`zephyr_edge.commands`: 0 done, 1 refused or failed (unknown snapshot, unreachable
-backend), 2 bad arguments or configuration.
+:mod:`zephyr_edge.commands`: 0 done, 1 refused or failed (unknown snapshot, an application
+without snapshots, unreachable backend), 2 bad arguments or configuration.
 """
 
 from __future__ import annotations
@@ -233,6 +233,8 @@ def versions(
         print(json.dumps(records, ensure_ascii=False, indent=2), file=out, flush=True)
     elif records:
         print(render_table(records), file=out, flush=True)
-    else:
-        print(f"zephyr-edge: no snapshots of {uid!r} on this worker", file=err)
+    if not records:  # a typo in --app, or the wrong worker: say so, and fail
+        message = (f"unknown application {uid!r}: no snapshots of it on this worker "
+                   "(check --app, expected app.repo.org, and the configuration or --data-dir)")
+        return _fail(message, EXIT_FAILED, err)
     return code

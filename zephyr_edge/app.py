@@ -21,13 +21,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from zephyr_edge import health, redaction, serve, upload
+from zephyr_edge import auth, health, redaction, serve, upload
 from zephyr_edge.config import Config
 from zephyr_edge.errors import BackendError, BackendUnavailable, BadRequest, ZephyrError
 from zephyr_edge.keys import CATALOG_KEY, CONFIG_KEY, KV_KEY, READINESS_KEY, REDACTOR_KEY, STORAGE_KEY
 from zephyr_edge.records import Catalog
 from zephyr_edge.replication import feature as replication_feature
 from zephyr_edge.replication import outbox
+from zephyr_edge.snapshot import APPLICATION_UID_RE
 
 __all__ = [
     "CATALOG_KEY", "CONFIG_KEY", "FEATURES", "KV_KEY", "READINESS_KEY", "REDACTOR_KEY", "RETRY_AFTER_S",
@@ -99,6 +100,58 @@ def error_response(exc: ZephyrError, redactor: redaction.Redactor | None = None)
     return web.json_response(body, status=status, headers=headers)
 
 
+#: Methods that only read: their refusals (a 404 while serving, a bad Range) are client
+#: noise, logged at debug. A refusal of any other method is a refused write.
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Longest client-given value (``type``, ``application_uid``) quoted in a log line.
+MAX_LOGGED_CHARS = 100
+
+
+def _bounded(value: str | None) -> str | None:
+    if value is None or len(value) <= MAX_LOGGED_CHARS:
+        return value
+    return value[: MAX_LOGGED_CHARS - 3] + "..."
+
+
+def _application_uid(request: web.Request) -> str | None:
+    """The application a write is for, when known: the application of its ``can_write_jwt``
+    if that token was verified for this request, else a well-formed ``application_uid``
+    query parameter (the hash list, ``sync-file``). Never the token itself."""
+    cache, token = request.app.get(auth.VERIFIED_TOKENS_KEY), auth.token_of(request)
+    config = request.app.get(CONFIG_KEY)
+    if cache is not None and token and config is not None:
+        claims = cache.get(token, config.worker.jwt_secret)  # only tokens that passed every check
+        if claims is not None:
+            return claims.application_uid
+    uid = request.query.get("application_uid")
+    return uid if uid and len(uid) <= MAX_LOGGED_CHARS and APPLICATION_UID_RE.fullmatch(uid) else None
+
+
+def request_fields(request: web.Request, status: int) -> dict[str, object]:
+    """The log fields of a refused or failed request; for a write, also its upload type and
+    application (when known)."""
+    fields: dict[str, object] = {
+        "http.method": request.method, "http.path": request.path, "http.status": status,
+        "http.remote": request.remote,
+    }
+    if request.method not in READ_METHODS:
+        fields["zephyr.upload.type"] = _bounded(request.query.get("type"))
+        fields["zephyr.application_uid"] = _application_uid(request)
+    return fields
+
+
+def log_refusal(request: web.Request, status: int, reason: str, code: str | None = None) -> None:
+    """The one line of a refused request (status below 500): a write at info, so that the
+    operator sees why a deploy failed; a read at debug."""
+    fields = request_fields(request, status)
+    if code is not None:
+        fields["error.code"] = code
+    if request.method in READ_METHODS:
+        log.debug("Request refused: %s", reason, extra={"fields": fields})
+    else:
+        log.info("Write refused: %s", reason, extra={"fields": fields})
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn :mod:`zephyr_edge.errors` exceptions into JSON answers; hide everything else.
@@ -106,31 +159,40 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     aiohttp's own ``HTTPException`` answers pass through unchanged. A handler that has
     already started streaming a body must handle its own errors (an answer can no longer
     be replaced then).
+
+    Every refused or failed request leaves exactly one log line: refused writes (any
+    method but GET, HEAD, OPTIONS answered 4xx, e.g. ``POST /upload`` with a token of
+    another application) at info with the reason, method, path, upload type and
+    application; refused reads at debug; an unreachable backend at warn; server-side
+    failures at error with the traceback. The token is never logged.
     """
     redactor = request.app[REDACTOR_KEY]
     try:
-        return await handler(request)
-    except web.HTTPException:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            log_refusal(request, exc.status, exc.reason)
         raise
     except ConnectionResetError:
         raise  # the client went away: nothing to answer
     except ZephyrError as exc:
-        fields = {"http.method": request.method, "http.path": request.path, "error.code": exc.code}
         if isinstance(exc, BackendUnavailable):
+            fields = request_fields(request, 503) | {"error.code": exc.code}
             log.warning("Backend unavailable: %s", exc, extra={"fields": fields})
         elif isinstance(exc, BackendError) or exc.status >= 500:
+            fields = request_fields(request, 500) | {"error.code": exc.code}
             log.error("Request failed: %s", exc, exc_info=exc, extra={"fields": fields})
         else:
-            log.debug("Request refused: %s", exc, extra={"fields": fields})
+            log_refusal(request, exc.status, str(exc), exc.code)
         return error_response(exc, redactor)
     except Exception as exc:
-        log.error(
-            "Unhandled error",
-            exc_info=exc,
-            extra={"fields": {"http.method": request.method, "http.path": request.path}},
-        )
+        log.error("Unhandled error", exc_info=exc, extra={"fields": request_fields(request, 500)})
         return web.json_response(
             {"error": ZephyrError.code, "message": INTERNAL_MESSAGE},
             status=500,
             headers={"Cache-Control": "no-store"},
         )
+    if response.status >= 400 and request.method not in READ_METHODS:
+        # an answer a handler returned rather than raised (an unknown upload type's 501)
+        log_refusal(request, response.status, response.reason or str(response.status))
+    return response

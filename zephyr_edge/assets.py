@@ -2,7 +2,7 @@
 
 Pure functions, no I/O.
 
-Hash rule (protocol 4.1), as ``zephyr-agent`` computes it::
+Hash rule, as ``zephyr-agent`` computes it::
 
     h = hashlib.sha256(body or p); h.update(p); h.hexdigest()   # p = filename.encode()
 
@@ -159,7 +159,7 @@ def extension(path: str) -> str:
 
 
 def content_type(path: str) -> str:
-    """``Content-Type`` by extension (protocol 6.3); text types carry ``charset=utf-8``."""
+    """``Content-Type`` by extension; text types carry ``charset=utf-8``."""
     ext = extension(path)
     if ext in _TEXT:
         return _TEXT[ext] + CHARSET

@@ -1,11 +1,11 @@
-"""The ``can_write_jwt`` header check of every write (protocol 3).
+"""The ``can_write_jwt`` header check of every write.
 
 Built on :func:`zephyr_edge.tokens.verify`: HS256 only (the algorithm list is fixed, a
 token never chooses its own), ``exp`` required, ``can_write: true``, and the token's
 ``application_uid`` must be the application written to. Every failure is a
 :class:`~zephyr_edge.errors.Forbidden` (403, never 401: ``zephyr-agent`` 1.2 deletes the
 developer's stored login on a 401) whose message names the reason and never echoes the
-token. Refusals are logged at info with the reason, never the token.
+token. Refusals are logged by the app's error middleware, never the token.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ TOKEN_CACHE_SIZE = 256
 
 log = logging.getLogger(__name__)
 
-#: The header carrying the write token (lower case, underscores: see protocol 3 about
-#: reverse proxies dropping such headers).
+#: The header carrying the write token (lower case, with underscores: nginx and some other
+#: reverse proxies drop headers with underscores unless told not to, see docs/deployment.md).
 HEADER = "can_write_jwt"
 #: An algorithm name safe to quote back in an error message (it comes from the client).
 _SHOWABLE_ALG = re.compile(r"[A-Za-z0-9_-]{1,16}")
@@ -115,21 +115,12 @@ def verify_token(
 
 
 def require_write(request: web.Request, application_uid: str | None = None) -> tokens.WriteClaims:
-    """Check the request's ``can_write_jwt``; its claims, or :class:`Forbidden` (logged)."""
-    try:
-        return verify_token(
-            token_of(request), request.app[CONFIG_KEY].worker.jwt_secret, application_uid,
-            request.app.get(VERIFIED_TOKENS_KEY),
-        )
-    except Forbidden as exc:
-        log.info(
-            "Write refused: %s", exc,
-            extra={"fields": {
-                "http.method": request.method, "http.path": request.path,
-                "http.remote": request.remote, "zephyr.application_uid": application_uid,
-            }},
-        )
-        raise
+    """Check the request's ``can_write_jwt``; its claims, or :class:`Forbidden` (logged
+    once, by the app's error middleware)."""
+    return verify_token(
+        token_of(request), request.app[CONFIG_KEY].worker.jwt_secret, application_uid,
+        request.app.get(VERIFIED_TOKENS_KEY),
+    )
 
 
 def check_application(claims: tokens.WriteClaims, application_uid: str, field: str) -> None:

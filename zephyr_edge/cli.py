@@ -11,7 +11,11 @@
     zephyr-edge replicate --status         this region's replication state (JSON)
     zephyr-edge replicate --forget URL     drop the queue of a region no longer configured
 
-Configuration problems exit with status 2 and one message on stderr listing all of them.
+publish, rollback, versions and replicate take ``--data-dir DIR`` to work on the data of a
+``zephyr-edge dev`` worker instead of the production configuration.
+
+Configuration problems exit with status 2 and one message on stderr listing all of them; a
+worker that cannot listen (port in use...) logs one fatal line and exits with status 1.
 """
 
 from __future__ import annotations
@@ -31,26 +35,53 @@ def _ttl(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+#: ``--data-dir`` of the admin commands (``token`` has its own, with a fallback).
+DATA_DIR_HELP = (
+    "work on the data of the `zephyr-edge dev` worker whose data directory is DIR (e.g. "
+    f"./{devmode.DEV_DATA_DIR}): its local backends and the JWT secret it generated there, instead "
+    "of the production configuration (anything set in the environment or the config file still wins)"
+)
+CONFIGURATION = (
+    "configuration as for `serve`: ZE_WORKER_* environment variables and the JSON file named by "
+    "ZE_WORKER_CONFIG_JSON; with --data-dir, the data of a `zephyr-edge dev` worker"
+)
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``zephyr-edge``."""
+    """The argument parser of ``zephyr-edge``: every subcommand and option is described in
+    its ``--help``."""
     parser = argparse.ArgumentParser(
         prog="zephyr-edge",
         description="Self-hostable edge worker for Zephyr micro-frontend deployments. "
         "Configured by ZE_WORKER_* environment variables and the JSON file named by "
         "ZE_WORKER_CONFIG_JSON (whose values win).",
+        epilog="Exit status: 0 done; 1 the worker failed at run time (e.g. its port is in use) "
+        "or an admin command was refused or found nothing; 2 bad arguments or configuration.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("serve", help="run the worker")
+    sub.add_parser(
+        "serve", help="run the worker",
+        description="Run the worker: serve deployed apps and accept uploads until SIGTERM or SIGINT, "
+        "then drain within ZE_WORKER_SHUTDOWN_GRACE_MS. Configuration from ZE_WORKER_* environment "
+        "variables and the JSON file named by ZE_WORKER_CONFIG_JSON; JSON log lines on stdout. "
+        "Exits 2 listing every configuration problem, 1 when it cannot listen (port in use...).",
+    )
 
     dev = sub.add_parser(
         "dev",
         help="run a zero-setup local worker (local storage and KV, generated secret)",
         description="Local storage and KV under ./zephyr-edge-data (or ZE_WORKER_DATA_DIR), "
         "listening on 127.0.0.1, with a JWT secret generated once and kept in the data "
-        "directory; prints the URL and a ready write token. Anything set in the environment "
-        "or the config file wins.",
+        "directory; prints where it listens, where deployed apps are served "
+        "(http://<label>.localhost:PORT), how to point the build plugin at it, and a ready write "
+        "token. Anything set in the environment or the config file wins.",
     )
     dev.add_argument("--port", type=int, help="HTTP port (default: ZE_WORKER_PORT or 8080)")
     dev.add_argument(
@@ -58,8 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"application of the printed write token (default: {devmode.DEV_APP_UID})",
     )
 
-    token = sub.add_parser("token", help="print a can_write_jwt for an application")
-    token.add_argument("--app", required=True, metavar="APPLICATION_UID", help="the token's application_uid")
+    token = sub.add_parser(
+        "token", help="print a can_write_jwt for an application",
+        description="Print a write token (can_write_jwt: HS256, claims application_uid, can_write, exp) "
+        "signed with ZE_WORKER_JWT_SECRET, or with the secret `zephyr-edge dev` keeps in its data "
+        "directory when none is configured. Give it to the build plugin (as the control plane's jwt) "
+        "or send it as the can_write_jwt header of uploads.",
+    )
+    token.add_argument("--app", required=True, metavar="APPLICATION_UID",
+                       help="the token's application_uid (app.repo.org)")
     token.add_argument(
         "--ttl", type=_ttl, default=tokens.DEFAULT_TTL_S, metavar="LIFETIME",
         help="lifetime: seconds or 30m, 1h, 7d (default: 1h)",
@@ -70,7 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         "ZE_WORKER_JWT_SECRET is not set (default: ZE_WORKER_DATA_DIR or ./zephyr-edge-data)",
     )
 
-    sub.add_parser("config", help="print the effective configuration as JSON (secrets redacted)")
+    sub.add_parser(
+        "config", help="print the effective configuration as JSON (secrets redacted)",
+        description="Print the effective configuration as JSON: every key with its value (secrets "
+        "shown as ***) and its source (env, file or default). Warns on stderr about unknown "
+        "ZE_WORKER_* keys (with the likely intended one); exits 2 listing every problem.",
+    )
 
     for name, text in (
         ("publish", "point hostnames at a stored snapshot (environments, tags, custom domains)"),
@@ -78,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         cmd = sub.add_parser(
             name, help=text,
-            description=text + ". Writes the worker's KV directly (configuration as for "
-            "`serve`); running workers pick the change up within ZE_WORKER_INVALIDATION_POLL_MS. "
+            description=text + ". Writes the worker's KV directly (" + CONFIGURATION + "); running "
+            "workers pick the change up within ZE_WORKER_INVALIDATION_POLL_MS. "
             "Prints one JSON line with the hostnames' previous snapshots.",
         )
         cmd.add_argument(
@@ -91,10 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
             "--force", action="store_true",
             help="also move hostnames that currently serve another application",
         )
+        _add_data_dir(cmd)
 
-    ver = sub.add_parser("versions", help="list an application's snapshots, newest first, with their hostnames")
+    ver = sub.add_parser(
+        "versions", help="list an application's snapshots, newest first, with their hostnames",
+        description="List an application's stored snapshots, newest first: snapshot id, version, "
+        "creation time, asset count and the hostnames serving each (the --snapshot of publish and "
+        "rollback). Reads the worker's KV directly (" + CONFIGURATION + "). Exits 1 when the "
+        "application has no snapshots there.",
+    )
     ver.add_argument("--app", required=True, metavar="APPLICATION_UID", help="the application (app.repo.org)")
     ver.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_data_dir(ver)
 
     rep = sub.add_parser(
         "replicate", help="catch another region up, or show this region's replication state",
@@ -110,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--status", action="store_true", help="print this region's replication state as JSON")
     what.add_argument("--forget", metavar="URL",
                       help="drop the queue kept for a region taken out of ZE_WORKER_REPLICAS_URLS")
+    _add_data_dir(rep)
     return parser
 
 
@@ -124,11 +176,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "token":
         code = commands.token(environ, args.app, args.ttl, args.data_dir)
     elif args.command in ("publish", "rollback"):
-        code = commands.publish(environ, args.host, args.snapshot, force=args.force, action=args.command)
+        code = commands.publish(environ, args.host, args.snapshot, force=args.force, action=args.command,
+                                data_dir=args.data_dir)
     elif args.command == "versions":
-        code = commands.versions(environ, args.app, as_json=args.json)
+        code = commands.versions(environ, args.app, as_json=args.json, data_dir=args.data_dir)
     elif args.command == "replicate":
-        code = commands.replicate(environ, resync=args.resync, status=args.status, forget=args.forget)
+        code = commands.replicate(environ, resync=args.resync, status=args.status, forget=args.forget,
+                                  data_dir=args.data_dir)
     else:
         code = commands.show_config(environ)
     sys.exit(code)

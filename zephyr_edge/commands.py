@@ -3,7 +3,12 @@ environment in; nothing here reads ``os.environ`` or ``sys.argv``.
 
 Each command returns the process exit code: 0 on success, 2 for a configuration problem
 (printed to stderr as one message listing every problem, without a traceback), 1 when the
-worker fails at run time.
+worker fails at run time (its address cannot be bound, e.g. the port is in use) or an
+admin command finds nothing to act on.
+
+``publish``, ``rollback``, ``versions`` and ``replicate`` take ``--data-dir DIR`` to work on
+the data of a ``zephyr-edge dev`` worker (local backends in DIR, the secret it generated
+there) instead of the production configuration.
 """
 
 from __future__ import annotations
@@ -23,10 +28,17 @@ JWT_SECRET_KEY = cfg.KEY_PREFIX + "JWT_SECRET"
 DATA_DIR_KEY = cfg.KEY_PREFIX + "DATA_DIR"
 
 
-def config_error(exc: ConfigError, stream: TextIO | None = None) -> int:
-    """Print a configuration error as one readable message; the exit code."""
+def config_error(exc: ConfigError, stream: TextIO | None = None, hint: str | None = None) -> int:
+    """Print a configuration error as one readable message (and ``hint``); the exit code."""
     print(f"zephyr-edge: {exc}", file=stream or sys.stderr)
+    if hint:
+        print(f"zephyr-edge: hint: {hint}", file=stream or sys.stderr)
     return EXIT_CONFIG
+
+
+def admin_config_error(exc: ConfigError, data_dir: str | None) -> int:
+    """:func:`config_error` for an admin command, hinting at ``--data-dir`` when not given."""
+    return config_error(exc, hint=None if data_dir is not None else DEV_HINT)
 
 
 def _print_warnings(config: cfg.Config) -> None:
@@ -70,10 +82,26 @@ def show_config(environ: Mapping[str, str], overrides: Mapping[str, Any] | None 
     return EXIT_OK
 
 
-def _admin_config(environ: Mapping[str, str]) -> cfg.Config:
-    """The worker's configuration for an admin command; backend log lines go to stderr as
-    JSON (stdout carries the command's own output)."""
-    config = cfg.load(environ)
+#: Printed after a configuration error of an admin command run without ``--data-dir``.
+DEV_HINT = (
+    "to work on the data of a `zephyr-edge dev` worker instead, pass --data-dir with its data "
+    f"directory (./{devmode.DEV_DATA_DIR} by default)"
+)
+
+
+def load_for_admin(environ: Mapping[str, str], data_dir: str | None = None) -> cfg.Config:
+    """The configuration an admin command works on: the worker's (as for ``serve``), or with
+    ``data_dir`` that of the ``zephyr-edge dev`` worker keeping its data there
+    (:func:`devmode.attach_overrides`). Raises :class:`ConfigError`."""
+    if data_dir is None:
+        return cfg.load(environ)
+    return cfg.load(environ, devmode.attach_overrides(cfg.gather(environ), data_dir))
+
+
+def _admin_config(environ: Mapping[str, str], data_dir: str | None = None) -> cfg.Config:
+    """The configuration for an admin command (:func:`load_for_admin`); backend log lines
+    go to stderr as JSON (stdout carries the command's own output)."""
+    config = load_for_admin(environ, data_dir)
     from zephyr_edge import logs, redaction
 
     logs.configure(cfg.LogLevel.WARN, config.worker.replica_name, redaction.secret_values(config), stream=sys.stderr)
@@ -81,38 +109,40 @@ def _admin_config(environ: Mapping[str, str]) -> cfg.Config:
 
 
 def publish(
-    environ: Mapping[str, str], hosts: list[str], snapshot_id: str, *, force: bool = False, action: str = "publish"
+    environ: Mapping[str, str], hosts: list[str], snapshot_id: str, *, force: bool = False, action: str = "publish",
+    data_dir: str | None = None,
 ) -> int:
     """``zephyr-edge publish`` / ``rollback``: point hostnames at a stored snapshot."""
     try:
-        config = _admin_config(environ)
+        config = _admin_config(environ, data_dir)
     except ConfigError as exc:
-        return config_error(exc)
+        return admin_config_error(exc, data_dir)
     from zephyr_edge import admin
 
     return admin.publish(config, hosts, snapshot_id, force=force, action=action)
 
 
-def versions(environ: Mapping[str, str], app_uid: str, as_json: bool = False) -> int:
+def versions(environ: Mapping[str, str], app_uid: str, as_json: bool = False, data_dir: str | None = None) -> int:
     """``zephyr-edge versions``: an app's snapshots, newest first, with their hostnames."""
     try:
-        config = _admin_config(environ)
+        config = _admin_config(environ, data_dir)
     except ConfigError as exc:
-        return config_error(exc)
+        return admin_config_error(exc, data_dir)
     from zephyr_edge import admin
 
     return admin.versions(config, app_uid, as_json=as_json)
 
 
 def replicate(
-    environ: Mapping[str, str], *, resync: str | None = None, status: bool = False, forget: str | None = None
+    environ: Mapping[str, str], *, resync: str | None = None, status: bool = False, forget: str | None = None,
+    data_dir: str | None = None,
 ) -> int:
     """``zephyr-edge replicate --resync URL`` / ``--status``
     (:mod:`zephyr_edge.replication.resync_command`)."""
     try:
-        config = cfg.load(environ)
+        config = load_for_admin(environ, data_dir)
     except ConfigError as exc:
-        return config_error(exc)
+        return admin_config_error(exc, data_dir)
     _print_warnings(config)
     from zephyr_edge.replication import resync_command
 

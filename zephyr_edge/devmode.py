@@ -15,7 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from zephyr_edge import tokens
+from zephyr_edge import publicurl, tokens
 from zephyr_edge.config import KEY_PREFIX, Config
 from zephyr_edge.errors import ConfigError
 
@@ -96,8 +96,50 @@ def overrides(raw: Mapping[str, tuple[Any, str]], port: int | None = None) -> tu
     return out, f"{'generated and saved to' if created else 'read from'} {path} (reused on the next start)"
 
 
+def apps_url(config: Config) -> str:
+    """Where ``zephyr-edge dev`` serves deployed apps: ``http://<label>.localhost:<port>`` (the
+    version URLs its uploads answer) or, with ``ZE_WORKER_PUBLIC_URL``, the label under that
+    host."""
+    worker = config.worker
+    if worker.public_url:
+        base = publicurl.from_public_url(worker.public_url)
+    else:
+        port = int(worker.port)
+        base = publicurl.PublicBase("http", "localhost", None if port == 80 else port)
+    if base.is_local:
+        return base.url(f"<label>{publicurl.LOCALHOST_DELIMITER}{publicurl.LOCALHOST}")
+    return base.url(f"<label>{worker.delimiter}{base.host}")
+
+
+def attach_overrides(raw: Mapping[str, tuple[Any, str]], data_dir: str) -> dict[str, Any]:
+    """CLI overrides for an admin command (``versions``, ``publish``...) working on the data
+    of the ``zephyr-edge dev`` worker whose data directory is ``data_dir``: that directory,
+    dev mode's backends unless env or file choose others, and the secret the dev worker
+    generated there unless one is configured. Never creates anything: :class:`ConfigError`
+    when ``data_dir`` holds no dev worker's data."""
+    def unset(key: str) -> bool:
+        return key not in raw or raw[key][0] in ("", None)
+
+    folder = Path(data_dir)
+    if not folder.is_dir():
+        raise ConfigError([f"--data-dir {data_dir}: no such directory (the data directory of `zephyr-edge dev`)"])
+    out: dict[str, Any] = {key: value for key, value in DEV_DEFAULTS.items() if unset(key)}
+    out[KEY_PREFIX + "DATA_DIR"] = str(folder)
+    key = KEY_PREFIX + "JWT_SECRET"
+    if unset(key):
+        secret = read_secret(folder)
+        if not secret:
+            raise ConfigError([
+                f"--data-dir {data_dir}: {folder / SECRET_FILE} does not exist, so this is not the data directory "
+                f"of a `zephyr-edge dev` worker (or set {key})"
+            ])
+        out[key] = secret
+    return out
+
+
 def banner(config: Config, app_uid: str, secret_source: str) -> str:
-    """What ``zephyr-edge dev`` prints once it listens: URL, token, how to use them."""
+    """What ``zephyr-edge dev`` prints once it listens: where it listens, where apps are
+    served, how to point the build plugin at it, a token and how to get others."""
     worker = config.worker
     host = "127.0.0.1" if worker.listen_host in ("0.0.0.0", "::", "") else worker.listen_host
     url = f"http://{host}:{worker.port}"
@@ -106,16 +148,24 @@ def banner(config: Config, app_uid: str, secret_source: str) -> str:
     return "\n".join(
         [
             "",
-            f"zephyr-edge dev: listening on {url}",
+            f"zephyr-edge dev: worker listening on {url} (uploads and probes; no app is served there)",
             f"  storage: {config.storage.name}, kv: {config.kv.name}, data: {data}",
             f"  JWT secret: {secret_source}",
             f"  health: {url}/healthz  readiness: {url}/readyz",
             "",
+            "  Deployed apps are served on their own hostnames:",
+            f"    {apps_url(config)}/",
+            "  each version's URL is the answer to its snapshot upload (browsers resolve every",
+            "  *.localhost name to this machine); list them with",
+            f"    zephyr-edge versions --app <application_uid> --data-dir {data}",
+            "",
+            "  Point the Zephyr build plugin (zephyr-agent) at this worker: the control plane it",
+            "  asks (ZE_API and ZE_API_GATE) must answer GET /application-config/<application_uid>",
+            f"  with EDGE_URL {url} and, as its jwt, a write token for that application.",
             f"  Write token for application {app_uid!r} (valid {DEV_TOKEN_TTL_S // 3600} h):",
             f"    {token}",
-            "  Send it as the `can_write_jwt` header of uploads, e.g.",
+            "  Or send it yourself as the `can_write_jwt` header of uploads, e.g.",
             f"    curl -X POST -H 'can_write_jwt: <token>' --data-binary @file '{url}/upload?type=file&hash=<sha>&filename=<path>'",
-            "  or give it to the build plugin as the `jwt` of your control-plane stub, with EDGE_URL=" + url,
             "  Tokens for other applications:",
             f"    zephyr-edge token --app <application_uid> --data-dir {data}",
             "",

@@ -43,7 +43,7 @@ _PORT_RE = re.compile(r"[0-9]*")
 
 
 def version_label(snapshot_id: str) -> str:
-    """Zephyr's version label of ``snapshot_id`` (protocol 6.1), case preserved.
+    """Zephyr's version label of ``snapshot_id`` (as the agent and Zephyr's own edge build it), case preserved.
 
     ``slug = snapshot_id.replace(".", "-")``; ``slug[:49] + "-" + sha256(slug)[:9]``.
     """

@@ -1,6 +1,6 @@
 """The worker's public address as the uploading client sees it, and the URLs built on it.
 
-Where the scheme, host and port come from (protocol 6.1; our choice):
+Where the scheme, host and port come from (our choice):
 
 - ``ZE_WORKER_PUBLIC_URL`` set: its scheme, host and port, whatever the request says;
 - otherwise the scheme is the first value of ``X-Forwarded-Proto`` (when it is ``http`` or

@@ -1,4 +1,4 @@
-"""Delivery decisions without I/O: URL path → asset (protocol 6.2) and the ``Range`` header.
+"""Delivery decisions without I/O: URL path → asset and the ``Range`` header.
 
 :func:`resolve_path` answers which asset of a snapshot a request path names, or ``None``
 (404). :func:`parse_range` reads a single-range ``Range`` header per RFC 9110 section 14.
@@ -61,7 +61,7 @@ def decode_path(raw_path: str) -> str | None:
 
 
 def resolve_path(raw_path: str, assets: Mapping[str, T]) -> T | None:
-    """The asset a request path names (protocol 6.2), or ``None`` for a 404.
+    """The asset a request path names (Zephyr's rules, below), or ``None`` for a 404.
 
     1. exact key; 2. a path ending in ``/`` tries ``path + "index.html"``;
     3. a last segment without extension falls back to ``index.html`` (single-page apps);

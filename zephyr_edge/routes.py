@@ -1,7 +1,7 @@
 """What an asset answers on a given host, computed once and reused by every request:
 per-variant headers (identity and each codec), ETags, cache policy, and ``If-None-Match``.
 
-Cache policy (protocol 6.3, refined): an asset's bytes never change under its hash, but a
+Cache policy (Zephyr's, refined): an asset's bytes never change under its hash, but a
 *URL* only keeps its bytes on a **version hostname**, whose snapshot is fixed. Tag,
 environment and custom-domain hosts move on every publish, and an un-hashed name such as
 ``remoteEntry.js`` changes bytes under the same URL. So:

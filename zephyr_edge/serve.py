@@ -1,4 +1,4 @@
-"""Serving applications (protocol section 6): ``Host`` → snapshot → asset → bytes.
+"""Serving applications: ``Host`` → snapshot → asset → bytes.
 
 Every path not claimed by an earlier route, for GET, HEAD and OPTIONS, whatever the Host.
 :func:`setup` must therefore run last among the features.

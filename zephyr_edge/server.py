@@ -1,5 +1,8 @@
 """Running the worker: logging set up, startup lines, the HTTP server, graceful shutdown.
 
+When the address cannot be bound (port in use...), :func:`serve` logs one fatal line
+naming the address and the reason, without traceback, and returns exit status 1.
+
 On SIGTERM or SIGINT the worker stops accepting connections, lets in-flight requests
 finish within ``ZE_WORKER_SHUTDOWN_GRACE_MS``, closes its backends and returns.
 """
@@ -7,7 +10,9 @@ finish within ``ZE_WORKER_SHUTDOWN_GRACE_MS``, closes its backends and returns.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import signal
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -24,9 +29,21 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+class ListenError(Exception):
+    """The worker cannot listen on its address (exit status 1, one fatal log line)."""
+
+    def __init__(self, host: str, port: int, cause: OSError):
+        self.host, self.port = host, port
+        reason = os.strerror(cause.errno).lower() if cause.errno else str(cause)
+        hint = " (another process uses it: stop it, or choose another port with ZE_WORKER_PORT or `dev --port`)" \
+            if cause.errno == errno.EADDRINUSE else ""
+        super().__init__(f"Cannot listen on {host}:{port}: {reason}{hint}")
+
+
 def configure_logging(config: Config) -> None:
     """Install the JSON log handler for ``config`` and log its warnings."""
-    logs.configure(config.worker.log_level, config.worker.replica_name, redaction.secret_values(config))
+    logs.configure(config.worker.log_level, config.worker.replica_name, redaction.secret_values(config),
+                   own_modules=(config.storage.cls.__module__, config.kv.cls.__module__))
     for warning in config.warnings:
         log.warning(warning)
 
@@ -39,7 +56,8 @@ def _without_userinfo(url: str) -> str:
 
 
 def log_startup(config: Config) -> None:
-    """The startup lines documented in config.md and protocol.md section 8."""
+    """The startup lines: replica mode and its fan-out (replication on, README: Scaling and
+    replication), then ``Worker listening`` with the port."""
     worker = config.worker
     if worker.replica_name:
         log.info("Replica mode enabled", extra={"fields": {"zephyr.replica": worker.replica_name}})
@@ -83,7 +101,10 @@ async def run(
     try:
         await runner.setup()
         site = web.TCPSite(runner, worker.listen_host, int(worker.port))
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # port in use, address not on this machine, no permission
+            raise ListenError(worker.listen_host, int(worker.port), exc) from exc
         log_startup(config)
         if on_listening is not None:
             on_listening()
@@ -101,6 +122,9 @@ def serve(config: Config, on_listening: Callable[[], None] | None = None) -> int
     configure_logging(config)
     try:
         asyncio.run(run(config, on_listening))
+    except ListenError as exc:  # an operator's setup problem, not a bug: no traceback
+        log.critical("%s", exc, extra={"fields": {"server.host": exc.host, "server.port": exc.port}})
+        return 1
     except Exception as exc:
         log.critical("Worker failed: %s", exc, exc_info=exc)
         return 1

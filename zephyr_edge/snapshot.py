@@ -1,4 +1,5 @@
-"""The Snapshot JSON (protocol 5), the envs publish payload (4.3) and live records (7).
+"""The Snapshot JSON (as ``zephyr-agent`` uploads it), the envs publish payload (``type=envs``)
+and live records (what a published host's KV record holds).
 
 Pure functions, no I/O. A :class:`Snapshot` keeps the JSON object exactly as sent in
 :attr:`Snapshot.raw` (that is what gets stored) and exposes the fields the worker uses.
@@ -173,7 +174,7 @@ def _created_at(data: Mapping[str, Any]) -> int | None:
 
 
 def parse_snapshot(body: bytes, application_uid_from_token: str | None) -> Snapshot:
-    """Validate an uploaded Snapshot JSON (protocol 4.2) field by field.
+    """Validate an uploaded Snapshot JSON (``type=snapshot``) field by field.
 
     ``application_uid_from_token`` is the verified write token's application; ``None``
     skips that comparison (the caller authorised the write otherwise). Raises
@@ -230,7 +231,7 @@ def _host_of(item: Any, field: str) -> str:
 
 
 def parse_envs_payload(body: bytes, application_uid_from_token: str | None = None) -> EnvsPayload:
-    """Validate a publish body (protocol 4.3): ``{"app_version": {"application_uid",
+    """Validate a publish body (``type=envs``): ``{"app_version": {"application_uid",
     "snapshot_id"}, "urls": [...], "url_ids": [...], "jwt"}``.
 
     Hosts come from each URL of ``urls`` (its host) and each entry of ``url_ids`` (a host

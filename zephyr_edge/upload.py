@@ -1,4 +1,4 @@
-"""The ingest half of the data path: the hash list and ``POST /upload`` (protocol 2-4).
+"""The ingest half of the data path: the hash list and ``POST /upload``, as ``zephyr-agent`` calls them.
 
 Routes (matched by path, whatever the Host):
 

@@ -1,6 +1,6 @@
 """Deploy real apps through the official ``zephyr-agent`` (npm) for end-to-end tests.
 
-Pieces (protocol.md section 9; observed wire traffic in ``WIRE.md`` beside this file):
+Pieces (observed wire traffic in ``WIRE.md`` beside this file):
 
 - ``install_agents()``: ``npm install zephyr-agent@<v>`` for every version in
   ``AGENT_VERSIONS``, each in its own folder under ``.cache/zephyr-agents/`` at the repo root
@@ -245,7 +245,8 @@ def application_uid(app_name: str, remote_url: str = DEFAULT_REMOTE) -> str:
 
 
 def asset_hash(filename: str, body: bytes) -> str:
-    """protocol.md 4.1 (agent ``lib/transformers/ze-build-assets.js``)."""
+    """The asset hash as the agent computes it (``lib/transformers/ze-build-assets.js``):
+    ``sha256(body or P)`` then ``update(P)``, hex (P = UTF-8 filename)."""
     p = filename.encode("utf-8")
     h = hashlib.sha256(body or p)
     h.update(p)
@@ -269,7 +270,8 @@ class StubRequest:
 
 @dataclass
 class ControlPlaneStub(LoopbackServer):
-    """A stub of Zephyr's control plane API (``ZE_API_GATE`` / ``ZE_API``), protocol.md 9.
+    """A stub of Zephyr's control plane API (``ZE_API_GATE`` / ``ZE_API``), the only source of
+    the worker's address (``EDGE_URL``) and write token for the agent.
 
     ``GET /application-config/<uid>`` answers an application config naming ``edge_url``
     as ``EDGE_URL`` with a fresh HS256 write JWT ``{application_uid, can_write: true, exp}``

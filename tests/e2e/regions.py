@@ -1,4 +1,4 @@
-"""Several REAL regions for end-to-end replication tests (protocol 8).
+"""Several REAL regions for end-to-end replication tests (README: Scaling and replication).
 
 A :class:`Region` is what a deployment region is in production, on loopback:
 
@@ -605,7 +605,7 @@ class Regions:
 
 
 def asset_hash(filename: str, body: bytes) -> str:
-    """protocol 4.1."""
+    """The asset hash as ``zephyr-agent`` computes it (see ``zephyr_edge.assets``)."""
     p = filename.encode("utf-8")
     h = hashlib.sha256(body or p)
     h.update(p)
@@ -613,7 +613,7 @@ def asset_hash(filename: str, body: bytes) -> str:
 
 
 def make_snapshot(application_uid: str, snapshot_id: str, files: Mapping[str, bytes]) -> dict[str, Any]:
-    """A Snapshot JSON (protocol 5) of ``files`` (path -> bytes)."""
+    """A Snapshot JSON (as the agent uploads it, see ``zephyr_edge.snapshot``) of ``files`` (path -> bytes)."""
 
     def ext(path: str) -> str:
         name = path.rsplit("/", 1)[-1]

@@ -57,7 +57,7 @@ SECRET = "e2e-worker-jwt-secret-0123456789abcdef"
 CHANGED = "assets/main-3f2a1c.js"
 CHANGED_BYTES = b"import './vendor.js';\ndocument.getElementById('app').textContent = 'second deploy';\n"
 ENV_HOST = "staging.e2e-app.example.test"
-#: protocol 6.3
+#: Cache-Control of HTML and manifests, and of hashed assets on a version host (``zephyr_edge.routes``)
 NO_CACHE = "no-cache"
 IMMUTABLE = "public, max-age=31536000, immutable"
 #: Bound of the wait for a publish to reach the serving path (invalidation poll: 250 ms).

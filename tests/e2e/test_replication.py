@@ -1,4 +1,4 @@
-"""Multi-region replication end to end (protocol 8): REAL ``zephyr-edge serve`` processes in
+"""Multi-region replication end to end (README: Scaling and replication): REAL ``zephyr-edge serve`` processes in
 several regions (``tests/e2e/regions.py``: a bucket, a redis-server and a load balancer of
 their own per region), the REAL agent deploying to one of them, sync traffic over loopback
 TCP. Nothing is faked; every wait is bounded.
@@ -198,7 +198,7 @@ async def test_agent_deploy_is_served_by_every_region(agents, regions, tmp_path)
     uid, sid = app.application_uid, f"tester-{stub.build_ids[0]}.{app.application_uid}"
     host = urlsplit(res.version_url or "").hostname
     assert host == version_host(sid), res.version_url
-    # protocol 8's startup lines, in every worker of every region
+    # the replication startup lines (``zephyr_edge.server.log_startup``), in every worker of every region
     for region in (a, b, c):
         peers = sorted(r.url for r in (a, b, c) if r is not region)
         for worker in region.workers:

@@ -90,7 +90,7 @@ async def test_token_refusals_are_403_and_write_nothing(worker, kind, caplog):
             assert not token or token not in got["message"]
     assert await worker.fingerprint() == before
     assert all(t not in caplog.text for t in (file_token, body_token) if t)
-    assert "Sync refused" in caplog.text
+    assert "Write refused" in caplog.text
 
 
 async def test_missing_source_header_is_403(worker):

@@ -1,4 +1,4 @@
-"""The receiving side of the sync protocol: ``POST /upload?type=sync-…`` (protocol 8).
+"""The receiving side of the sync protocol: ``POST /upload?type=sync-…`` (:mod:`.protocol`).
 
 Each handler refuses (403) when replication is not enabled here (no
 ``ZE_WORKER_REPLICA_NAME``), then checks the sync token (:mod:`.synctoken`) before it reads
@@ -49,25 +49,16 @@ def _ok(body: dict[str, object]) -> web.Response:
 
 def authorize(request: web.Request, subject: str | None) -> synctoken.SyncClaims:
     """The request's verified sync token (``subject`` as in :func:`synctoken.verify`), or
-    :class:`Forbidden` (logged at info with the reason, never the token)."""
+    :class:`Forbidden` (logged at info with the reason by the app's error middleware, never
+    the token)."""
     worker = request.app[CONFIG_KEY].worker
-    try:
-        if not worker.replica_name:
-            raise Forbidden("replication is not enabled on this worker (ZE_WORKER_REPLICA_NAME is not set)")
-        return synctoken.verify(
-            synctoken.bearer_token(request.headers.get("Authorization")), worker.jwt_secret,
-            source_header=request.headers.get(protocol.SOURCE_HEADER), own_replica=worker.replica_name,
-            subject=subject,
-        )
-    except Forbidden as exc:
-        log.info(
-            "Sync refused: %s", exc,
-            extra={"fields": {
-                "http.path": request.path, "http.remote": request.remote,
-                "zephyr.sync.type": request.query.get("type"),
-            }},
-        )
-        raise
+    if not worker.replica_name:
+        raise Forbidden("replication is not enabled on this worker (ZE_WORKER_REPLICA_NAME is not set)")
+    return synctoken.verify(
+        synctoken.bearer_token(request.headers.get("Authorization")), worker.jwt_secret,
+        source_header=request.headers.get(protocol.SOURCE_HEADER), own_replica=worker.replica_name,
+        subject=subject,
+    )
 
 
 async def _read_json(request: web.Request, claims: synctoken.SyncClaims) -> dict[str, Any]:

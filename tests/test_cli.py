@@ -225,6 +225,15 @@ def test_token_without_a_secret_exits_2(tmp_path):
     assert "ZE_WORKER_JWT_SECRET" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_token_refuses_a_shipped_placeholder_secret(tmp_path):
+    """Anyone who reads the repository knows the placeholders: never sign with one."""
+    placeholder = "CHANGE-ME-to-a-long-random-secret"
+    result = run("token", "--app", "a", cwd=tmp_path, env=clean_env(ZE_WORKER_JWT_SECRET=placeholder))
+    assert result.returncode == 2 and result.stdout == ""
+    assert "ZE_WORKER_JWT_SECRET is still a placeholder" in result.stderr
+    assert placeholder not in result.stderr and "Traceback" not in result.stderr
+
+
 def test_token_with_a_bad_lifetime_exits_2():
     result = run("token", "--app", "a", "--ttl", "soon", env=clean_env(ZE_WORKER_JWT_SECRET=JWT_SECRET))
     assert result.returncode == 2 and "soon" in result.stderr and "Traceback" not in result.stderr

@@ -156,6 +156,10 @@ def find_secret(environ: Mapping[str, str], data_dir: str | None = None) -> str:
     raw = cfg.gather(environ)
     configured = str(raw.get(JWT_SECRET_KEY, ("", ""))[0] or "")
     if configured:
+        if cfg.is_placeholder(configured):
+            raise ConfigError(
+                [f"{JWT_SECRET_KEY} is still a placeholder from the example configuration: replace it with a real secret"]
+            )
         return configured
     folder = Path(data_dir or str(raw.get(DATA_DIR_KEY, ("", ""))[0] or "") or devmode.DEV_DATA_DIR)
     secret = devmode.read_secret(folder)

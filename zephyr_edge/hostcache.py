@@ -6,7 +6,7 @@ the variants of one host (case, port) share one entry and one parsed snapshot. A
 is trusted for ``host_cache_ttl_ms``; an unknown host is remembered too (a negative
 entry), for at most :data:`NEGATIVE_TTL_MAX_S`. Both maps are bounded
 (:data:`MAX_HOST_ENTRIES`, oldest dropped first), so random ``Host`` headers cannot grow
-memory.
+memory; a ``Host`` that is no valid name (too long, bad characters) is never remembered.
 
 Invalidation across workers: every publish bumps the catalog's generation counter
 (:meth:`~zephyr_edge.records.Catalog.generation`). :func:`watch_generation` polls it every
@@ -166,7 +166,8 @@ class HostCache:
         except KeyError:
             pass
         host = hostnames.normalize_host(raw_host)
-        _bounded_put(self._names, raw_host, host, self.max_entries)
+        if host is not None:  # valid names only, so at most MAX_HOST_HEADER_CHARS each
+            _bounded_put(self._names, raw_host, host, self.max_entries)
         return host
 
     async def lookup(self, raw_host: str | None) -> HostEntry | None:

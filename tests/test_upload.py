@@ -542,3 +542,62 @@ async def test_publish_refusals_change_nothing(worker):
         error = await error_of(await worker.upload_json("envs", bad), 400)
         assert error["field"] == field, error
     assert await worker.fingerprint() == before
+
+
+# --- hostile input: a 4xx naming the problem, never a 500, nothing written -------------------
+
+
+async def raw_request(worker: Worker, head: bytes, body: bytes = b"") -> tuple[int, dict]:
+    """Send bytes as they are (aiohttp's client cannot send a header that is not UTF-8);
+    the status and JSON body of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", worker.client.server.port)
+    try:
+        writer.write(head + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            answer = await reader.read()
+    finally:
+        writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    payload = rest.partition(b"\r\n\r\n")[2]
+    return int(status_line.split()[1]), json.loads(payload)
+
+
+async def test_a_token_header_that_is_not_utf8_is_403(worker):
+    assert (await worker.upload_json("snapshot", snapshot_body())).status == 200
+    before = await worker.fingerprint()
+    valid = token().encode()
+    for bad in (b"ab\xffc", valid[:-4] + b"\xed\xa0\x80", valid + b"\xe9"):
+        for target, body in (
+            (b"/upload?type=snapshot&skip_assets=true", json.dumps(snapshot_body(build="2")).encode()),
+            (b"/upload?type=file&hash=" + b"0" * 64 + b"&filename=a.js", b"x"),
+            (b"/__get_application_hash_list__?application_uid=" + APP.encode(), b""),
+        ):
+            method = b"GET" if b"hash_list" in target else b"POST"
+            head = method + b" " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\ncan_write_jwt: " + bad + b"\r\n"
+            status, answer = await raw_request(worker, head, body)
+            assert status == 403, (bad, target, answer)
+            assert answer["error"] == "forbidden" and "malformed token" in answer["message"]
+    assert await worker.fingerprint() == before
+
+
+async def test_hostile_json_bodies_are_400_and_store_nothing(worker):
+    snap = snapshot_body()
+    assert (await worker.upload_json("snapshot", snap)).status == 200
+    before = await worker.fingerprint()
+    lone = json.dumps(snapshot_body(build="2", version="\ud800")).encode()
+    huge = json.dumps(snapshot_body(build="3")).encode().replace(b'"createdAt": 1700000000000', b'"createdAt": 1e999')
+    digits = json.dumps(snapshot_body(build="4")).encode().replace(b'"createdAt": 1700000000000', b'"createdAt": ' + b"7" * 5000)
+    assert b"1e999" in huge and b"7" * 5000 in digits
+    publish = publish_body(snap["snapshot_id"], ["ok.test"])
+    for kind, body, problem in (
+        ("snapshot", lone, "lone UTF-16 surrogate"),
+        ("snapshot", huge, "out of range"),
+        ("snapshot", digits, "5000 digits"),
+        ("envs", json.dumps({**publish, "jwt": "\udfff"}).encode(), "lone UTF-16 surrogate"),
+        ("envs", json.dumps(publish_body(snap["snapshot_id"], ["https://[x"])).encode(), "https://[x"),
+        ("envs", json.dumps(publish_body(snap["snapshot_id"], ["ok.test"], ["[::1"])).encode(), "[::1"),
+    ):
+        answer = await error_of(await worker.upload_json(kind, body), 400)
+        assert problem in answer["message"], answer
+    assert await worker.fingerprint() == before

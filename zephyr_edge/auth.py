@@ -45,6 +45,8 @@ def token_of(request: web.Request) -> str | None:
 def _algorithm_problem(token: str) -> str | None:
     """Why the token's declared algorithm is refused, or None when it is HS256 or unreadable
     (an unreadable header is reported by :func:`tokens.verify` as a malformed token)."""
+    if tokens.shape_problem(token):
+        return None
     try:
         alg = jwt.get_unverified_header(token).get("alg")
     except jwt.InvalidTokenError:

@@ -14,7 +14,6 @@ Answers and bodies: :mod:`zephyr_edge.replication.protocol`. Errors are
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -26,7 +25,7 @@ from zephyr_edge import assets, bodies, hostnames, ingest, upload
 from zephyr_edge.errors import BadRequest, Forbidden
 from zephyr_edge.keys import CATALOG_KEY, CONFIG_KEY
 from zephyr_edge.replication import protocol, synctoken
-from zephyr_edge.snapshot import Snapshot, parse_snapshot
+from zephyr_edge.snapshot import Snapshot, load_json_object, snapshot_from_object
 from zephyr_edge.stamps import InvalidStamp, Stamp, newer
 
 log = logging.getLogger(__name__)
@@ -74,13 +73,7 @@ async def _read_json(request: web.Request, claims: synctoken.SyncClaims) -> dict
     """The request's JSON object body, once the token's ``sub`` is checked against it."""
     raw = await bodies.read_limited(request, protocol.MAX_JSON_BYTES, "the sync request")
     synctoken.check_subject(claims, protocol.body_subject(raw))
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise BadRequest("body: invalid JSON", field="body") from None
-    if not isinstance(data, dict):
-        raise BadRequest("body: expected a JSON object", field="body")
-    return data
+    return load_json_object(raw, "body")
 
 
 def _stamps(value: Any) -> dict[str, Stamp]:
@@ -103,7 +96,7 @@ def _snapshot(value: Any) -> Snapshot:
     if not isinstance(value, dict):
         raise BadRequest("snapshot: expected the snapshot JSON object", field="snapshot")
     try:
-        return parse_snapshot(json.dumps(value, ensure_ascii=False).encode("utf-8"), None)
+        return snapshot_from_object(value, None)
     except BadRequest as exc:
         raise BadRequest(f"snapshot.{exc}", field=f"snapshot.{exc.field}") from None
 

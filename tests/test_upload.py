@@ -8,12 +8,13 @@ import asyncio
 import hashlib
 import json
 import logging
+import threading
 import tracemalloc
 
 import pytest
 
 import zephyr_edge
-from zephyr_edge import hostnames, upload
+from zephyr_edge import bodies, hostnames, upload
 from zephyr_edge.app import make_app
 from zephyr_edge.assets import AssetHasher, asset_hash
 from zephyr_edge.storage.testing.data import Generated, MiB
@@ -601,3 +602,52 @@ async def test_hostile_json_bodies_are_400_and_store_nothing(worker):
         answer = await error_of(await worker.upload_json(kind, body), 400)
         assert problem in answer["message"], answer
     assert await worker.fingerprint() == before
+
+
+# --- large snapshots -------------------------------------------------------------------------
+
+
+async def test_a_snapshot_over_the_asset_limit_is_413_and_stores_nothing(backend, aiohttp_client):
+    worker = await start_worker(aiohttp_client, backend, ZE_WORKER_MAX_SNAPSHOT_ASSETS="10")
+    before = await worker.fingerprint()
+    files = {f"assets/{i}.js": b"x" for i in range(11)}
+    answer = await error_of(await worker.upload_json("snapshot", snapshot_body(files=files)), 413)
+    assert "11 entries" in answer["message"] and "ZE_WORKER_MAX_SNAPSHOT_ASSETS" in answer["message"]
+    assert await worker.fingerprint() == before
+    files.pop("assets/0.js")
+    assert (await worker.upload_json("snapshot", snapshot_body(files=files))).status == 200
+
+
+async def test_health_answers_while_a_large_snapshot_is_validated(worker, monkeypatch):
+    """A snapshot of many thousands of assets takes seconds to validate; the event loop
+    must keep answering meanwhile. Validation here waits until /healthz has answered: on
+    the loop itself it would wait in vain."""
+    from zephyr_edge import snapshot as snapshot_module
+
+    validating, answered = threading.Event(), threading.Event()
+    real = snapshot_module.snapshot_from_object
+
+    def validate_once_health_answered(*args, **kwargs):
+        validating.set()
+        if not answered.wait(5):
+            raise AssertionError("/healthz was not answered while the snapshot was validated")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(snapshot_module, "snapshot_from_object", validate_once_health_answered)
+    files = {f"assets/chunk-{i}.js": b"x" for i in range(3000)}
+    body = json.dumps(snapshot_body(files=files)).encode()
+    assert len(body) > bodies.OFF_LOOP_BYTES
+    upload = asyncio.create_task(worker.upload_json("snapshot", body))
+    try:
+        async with asyncio.timeout(10):
+            while not validating.is_set():
+                await asyncio.sleep(0.01)
+            assert (await worker.client.get("/healthz")).status == 200
+            answered.set()
+            resp = await upload
+        assert resp.status == 200, await resp.text()
+    finally:
+        answered.set()
+        if not upload.done():
+            upload.cancel()
+    assert len((await worker.catalog.live(f"{label_of(f'tester-1.{APP}')}.localhost")).assets) == 3000

@@ -101,6 +101,8 @@ class WorkerConfig:
     keepalive_timeout_ms: int = attrs.field(default=75000, validator=_at_least(1))
     #: Largest accepted asset upload, in MiB (413 above it).
     max_file_size_mb: int = attrs.field(default=256, validator=_at_least(1))
+    #: Most entries in a snapshot's ``assets`` (413 above it; the JSON is bounded by size too).
+    max_snapshot_assets: int = attrs.field(default=50000, validator=_at_least(1))
     #: Byte budget of the in-process asset cache, in MiB (0 disables it).
     cache_size_mb: int = attrs.field(default=128, validator=_at_least(0))
     #: Assets larger than this (KiB) are streamed from storage, never cached in process.

@@ -14,6 +14,7 @@ metadata, if ever needed, belongs under separate keys (:func:`~zephyr_edge.hostn
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from zephyr_edge.assets import HASH_PROBLEM, extension, is_hash, path_problem
-from zephyr_edge.errors import BadRequest, ZephyrError
+from zephyr_edge.errors import BadRequest, PayloadTooLarge, ZephyrError
 from zephyr_edge.hostnames import normalize_host
 
 #: ``app.repo.org``: dot-separated labels of ``[a-z0-9_-]`` (zephyr-agent replaces any other
@@ -36,6 +37,8 @@ MAX_ID_CHARS = 512
 #: Longest value quoted back in an error message, and longest asset key in a field path.
 MAX_SHOWN_CHARS = 80
 MAX_SHOWN_KEY_CHARS = 200
+#: The configuration key bounding a snapshot's asset count (named in the refusal).
+MAX_ASSETS_KEY = "ZE_WORKER_MAX_SNAPSHOT_ASSETS"
 #: Longest integer accepted in a JSON body (Python's own int-from-text limit).
 MAX_NUMBER_DIGITS = 4300
 #: A ``\\uXXXX`` escape of a UTF-16 surrogate (paired or not; pairs are checked after parsing).
@@ -77,7 +80,12 @@ class Snapshot:
         return frozenset(asset.hash for asset in self.assets.values())
 
     def to_json(self) -> bytes:
-        """The stored form: ``raw`` as compact UTF-8 JSON, every field kept."""
+        """The stored form: ``raw`` as compact UTF-8 JSON, every field kept (computed once:
+        a large snapshot is written under several keys)."""
+        return self._json
+
+    @functools.cached_property
+    def _json(self) -> bytes:
         return json.dumps(self.raw, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
@@ -181,26 +189,29 @@ def _check_ids(obj: Mapping[str, Any], prefix: str, token_uid: str | None) -> tu
 
 def _parse_asset(key: Any, value: Any) -> Asset:
     """One ``assets`` entry; :class:`BadRequest` naming ``assets["<key>"].<field>``."""
-    where = f"assets[{_show(key, MAX_SHOWN_KEY_CHARS)}]"
     problem = path_problem(key)
     if problem:
-        raise _bad(where, problem)
-    if not isinstance(value, dict):
-        raise _bad(where, "expected a JSON object")
+        raise _bad(_where(key), problem)
+    if value.__class__ is not dict:
+        raise _bad(_where(key), "expected a JSON object")
     if value.get("path") != key:
-        raise _bad(f"{where}.path", f"expected the asset's key {_show(key)}, got {_show(value.get('path'))}")
+        raise _bad(f"{_where(key)}.path", f"expected the asset's key {_show(key)}, got {_show(value.get('path'))}")
     extname = value.get("extname")
     if extname is None:
         extname = extension(key)
-    elif not isinstance(extname, str):
-        raise _bad(f"{where}.extname", "expected a string")
+    elif extname.__class__ is not str:
+        raise _bad(f"{_where(key)}.extname", "expected a string")
     digest = value.get("hash")
     if not is_hash(digest):
-        raise _bad(f"{where}.hash", HASH_PROBLEM)
+        raise _bad(f"{_where(key)}.hash", HASH_PROBLEM)
     size = value.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise _bad(f"{where}.size", f"expected a non-negative integer, got {_show(size)}")
+    if size.__class__ is not int or size < 0:  # JSON gives exact types (bool is no int here)
+        raise _bad(f"{_where(key)}.size", f"expected a non-negative integer, got {_show(size)}")
     return Asset(key, extname, digest, size)
+
+
+def _where(key: Any) -> str:
+    return f"assets[{_show(key, MAX_SHOWN_KEY_CHARS)}]"
 
 
 def _created_at(data: Mapping[str, Any]) -> int | None:
@@ -211,23 +222,41 @@ def _created_at(data: Mapping[str, Any]) -> int | None:
 # --- public -----------------------------------------------------------------------------
 
 
-def parse_snapshot(body: bytes, application_uid_from_token: str | None) -> Snapshot:
+def parse_snapshot(
+    body: bytes, application_uid_from_token: str | None, *, max_assets: int | None = None
+) -> Snapshot:
     """Validate an uploaded Snapshot JSON (protocol 4.2) field by field.
 
     ``application_uid_from_token`` is the verified write token's application; ``None``
     skips that comparison (the caller authorised the write otherwise). Raises
-    :class:`BadRequest` whose message and ``field`` name the first wrong field.
+    :class:`BadRequest` whose message and ``field`` name the first wrong field, and
+    :class:`PayloadTooLarge` when ``assets`` has more than ``max_assets`` entries.
     """
-    return snapshot_from_object(load_json_object(body, "body"), application_uid_from_token)
+    return snapshot_from_object(load_json_object(body, "body"), application_uid_from_token, max_assets=max_assets)
 
 
-def snapshot_from_object(data: dict[str, Any], application_uid_from_token: str | None) -> Snapshot:
+def parse_snapshot_upload(body: bytes, max_assets: int | None = None) -> Snapshot:
+    """:func:`parse_snapshot` of an upload (the token is compared by the caller), its
+    stored form computed too: everything a large snapshot costs, in one call that can run
+    off the event loop."""
+    snapshot = parse_snapshot(body, None, max_assets=max_assets)
+    snapshot.to_json()
+    return snapshot
+
+
+def snapshot_from_object(
+    data: dict[str, Any], application_uid_from_token: str | None, *, max_assets: int | None = None
+) -> Snapshot:
     """:func:`parse_snapshot` of an already parsed JSON object (from
     :func:`load_json_object`, e.g. a replicated snapshot inside a sync body)."""
     uid, sid = _check_ids(data, "", application_uid_from_token)
     assets = data.get("assets")
     if not isinstance(assets, dict):
         raise _bad("assets", "expected a JSON object mapping paths to assets")
+    if max_assets is not None and len(assets) > max_assets:
+        raise PayloadTooLarge(
+            f"assets: {len(assets)} entries, more than the limit of {max_assets} ({MAX_ASSETS_KEY})"
+        )
     parsed = {key: _parse_asset(key, value) for key, value in assets.items()}
     return Snapshot(uid, sid, parsed, _created_at(data), data)
 

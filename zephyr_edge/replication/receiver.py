@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -29,6 +29,7 @@ from zephyr_edge.snapshot import Snapshot, load_json_object, snapshot_from_objec
 from zephyr_edge.stamps import InvalidStamp, Stamp, newer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Longest host or value quoted back in an error message.
 MAX_SHOWN_CHARS = 100
@@ -69,11 +70,20 @@ def authorize(request: web.Request, subject: str | None) -> synctoken.SyncClaims
         raise
 
 
-async def _read_json(request: web.Request, claims: synctoken.SyncClaims) -> dict[str, Any]:
-    """The request's JSON object body, once the token's ``sub`` is checked against it."""
+async def _read_json(
+    request: web.Request, claims: synctoken.SyncClaims, parse: Callable[[dict[str, Any]], T] = lambda data: data,
+) -> T:
+    """``parse`` of the request's JSON object body, once the token's ``sub`` is checked
+    against it (both off the event loop when the body is large)."""
     raw = await bodies.read_limited(request, protocol.MAX_JSON_BYTES, "the sync request")
     synctoken.check_subject(claims, protocol.body_subject(raw))
-    return load_json_object(raw, "body")
+    return await bodies.parse_off_loop(raw, lambda body: parse(load_json_object(body, "body")))
+
+
+def _snapshot_and_stamps(data: dict[str, Any]) -> tuple[Snapshot, dict[str, Stamp]]:
+    snapshot = _snapshot(data.get("snapshot"))
+    snapshot.to_json()  # the stored form, computed here (off the loop when large)
+    return snapshot, _stamps(data.get("hosts"))
 
 
 def _stamps(value: Any) -> dict[str, Stamp]:
@@ -136,9 +146,7 @@ async def sync_file(request: web.Request) -> web.Response:
 
 async def _apply(request: web.Request, kind: str) -> web.Response:
     claims = authorize(request, None)
-    data = await _read_json(request, claims)
-    snapshot = _snapshot(data.get("snapshot"))
-    stamps = _stamps(data.get("hosts"))
+    snapshot, stamps = await _read_json(request, claims, _snapshot_and_stamps)
     applied = await request.app[CATALOG_KEY].apply_replicated(snapshot, stamps)
     _applied(
         claims, kind, "Sync applied", application_uid=snapshot.application_uid,

@@ -132,6 +132,8 @@ def parse_host(host: str | None) -> tuple[str | None, str | None]:
 
 
 def _ipv6(text: str) -> tuple[str | None, str | None]:
+    if "%" in text:  # a zone id ("fe80::1%eth0") names an interface of the client's machine
+        return None, "an IPv6 zone id is not allowed"
     try:
         return ipaddress.IPv6Address(text).compressed, None
     except ValueError:

@@ -276,6 +276,24 @@ async def test_single_range_partial_content(deployed):
         assert (resp.status, body) == (200, JS), header
 
 
+async def test_distinct_long_paths_do_not_grow_memory(deployed):
+    """Every path of a host is remembered (up to 4,096 of them): 8 KB random single-page
+    routes would hold 32 MB per published host. Long paths still serve."""
+    site, host = deployed
+    resp, body = await site.fetch("/" + "r" * 4000, host)
+    assert (resp.status, body) == (200, INDEX_V1)
+    entry = await site.serving.hosts.lookup(host)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(5000):
+            assert entry.route(f"/{i:08d}" + "r" * 3992).asset.path == "index.html"
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 2 * 1024 * 1024, grown
+
+
 async def test_range_positions_of_thousands_of_digits(make_site):
     """More than 4,300 digits once made int() raise (a 500): past the end → 416, an end
     or suffix past the end → the bytes up to the end; cached and streamed assets alike."""

@@ -9,8 +9,9 @@ truncated JSON, unclosed brackets in URLs...).
 Asserted: no answer is a 5xx, every request gets an answer, no upload is accepted, and
 nothing is written (the storage objects and every KV record are unchanged).
 
-``ZE_TEST_FUZZ_SEED`` picks another seed and ``ZE_TEST_FUZZ_REQUESTS`` another request
-count, for exploration; a failure prints the seed and the first offending requests.
+``ZE_TEST_FUZZ_SEED`` picks another seed, ``ZE_TEST_FUZZ_REQUESTS`` another request count
+and ``ZE_TEST_FUZZ_BACKEND=s3-redis`` S3 + Redis instead of the local backends, for
+exploration; a failure prints the seed and the first offending requests.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from urllib.parse import quote
 import jwt
 import pytest
 
-from zephyr_edge import hostnames, tokens
+from zephyr_edge import tokens
 from zephyr_edge.app import make_app
 from zephyr_edge.assets import asset_hash
 from zephyr_edge.replication import protocol, synctoken
 from tests.upload_support import (
-    APP, OTHER_APP, SECRET, Worker, load_config, local_backend, snapshot_body, token,
+    APP, OTHER_APP, SECRET, Worker, load_config, local_backend, s3_redis_backend, s3_session, snapshot_body, token,
 )
 
 SEED = int(os.environ.get("ZE_TEST_FUZZ_SEED", "9"))
@@ -329,8 +330,18 @@ class Fuzzer:
 # --- the test ------------------------------------------------------------------------------
 
 
-async def test_fuzz_the_http_surface(aiohttp_client, tmp_path):
-    backend = local_backend(tmp_path)
+@pytest.fixture
+async def backend(request, tmp_path):
+    """The local backends; ``ZE_TEST_FUZZ_BACKEND=s3-redis`` explores S3 (moto) + Redis."""
+    if os.environ.get("ZE_TEST_FUZZ_BACKEND", "local") == "local":
+        yield local_backend(tmp_path)
+        return
+    chosen = s3_redis_backend(tmp_path, request.getfixturevalue("s3_endpoint"), request.getfixturevalue("redis_addr"))
+    async with s3_session(chosen):
+        yield chosen
+
+
+async def test_fuzz_the_http_surface(aiohttp_client, backend):
     app = make_app(load_config(backend, ZE_WORKER_REPLICA_NAME=REGION, ZE_WORKER_HOST_CACHE_TTL_MS="60000"))
     client = await aiohttp_client(app)
     worker = Worker(client, backend)
@@ -392,4 +403,3 @@ def test_the_plan_depends_on_the_seed_only(seed):
     # tokens carry their minting second: compare everything else
     strip = lambda raw: raw.split(b"can_write_jwt")[0].split(b"Authorization")[0]  # noqa: E731
     assert [strip(r) for r in plans[0]] == [strip(r) for r in plans[1]]
-    assert hostnames.MAX_HOST_HEADER_CHARS < 8000  # the fuzz sends longer hosts on purpose

@@ -69,6 +69,15 @@ def test_refusals_name_the_reason_never_the_token(name):
                 assert part not in str(raised.value)
 
 
+@pytest.mark.parametrize("token", ["ab\udcffc.d.e", "\udced\udca0\udc80", "x" * 20 + "\udcff"])
+def test_a_token_that_is_not_utf8_is_malformed_not_an_error(token):
+    """Header bytes that are not UTF-8 arrive as surrogates; PyJWT raised
+    UnicodeEncodeError on them (a 500) from the algorithm check already."""
+    with pytest.raises(Forbidden) as raised:
+        auth.verify_token(token, SECRET, APP, auth.VerifiedTokens())
+    assert "malformed token" in str(raised.value) and token not in str(raised.value)
+
+
 def test_valid_token():
     claims = auth.verify_token(tokens.mint(SECRET, APP), SECRET, APP)
     assert claims.application_uid == APP

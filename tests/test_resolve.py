@@ -174,3 +174,22 @@ def test_suffix_range_of_empty_body_serves_whole_body():
 
 def test_several_ranges_are_ignored_even_when_unsatisfiable():
     assert parse_range("bytes=5000-,6000-", 1000) is None
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bytes=0-" + "9" * 5000, (0, 999)),  # an end past the end: up to the last byte
+        ("bytes=-" + "9" * 5000, (0, 999)),  # a suffix longer than the body: all of it
+        ("bytes=" + "0" * 5000 + "7-8", (7, 8)),  # leading zeros do not count
+        ("bytes=5-" + "0" * 5000, None),  # last < first: ignored
+    ],
+)
+def test_positions_of_thousands_of_digits(header, expected):
+    """Python refuses to convert more than 4,300 digits (a ValueError, once a 500)."""
+    assert parse_range(header, 1000) == expected
+
+
+def test_a_start_of_thousands_of_digits_is_unsatisfiable():
+    with pytest.raises(RangeNotSatisfiable):
+        parse_range("bytes=" + "9" * 5000 + "-", 1000)

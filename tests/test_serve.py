@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+import tracemalloc
 import types
 import zlib
 
@@ -97,14 +98,61 @@ async def deployed(site):
 # --- hosts and paths --------------------------------------------------------------------------
 
 
-async def test_unknown_or_invalid_host_is_404(deployed):
+async def test_unknown_host_is_404(deployed):
     site, _ = deployed
-    for host in ("unknown.example.com", "bad host!", "[::zz]"):
+    for host in ("unknown.example.com", "x" * 63 + ".example.com", "a." * 126 + "b"):
         resp, body = await site.fetch("/", host)
         assert resp.status == 404, host
         assert json.loads(body)["error"] == "not_found"
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
         assert resp.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize(("host", "problem"), [
+    ("bad host!", "characters other than"),
+    ("[::zz]", "IPv6"),
+    ("x" * 64 + ".example.com", "a label longer than 63 characters"),
+    ("a." * 127 + "bc", "longer than 253 characters"),
+    ("x" * 8000, "longer than 253 characters"),
+    ("app.example.com:123456", "port"),
+    ("a..b", "an empty label"),
+    ("[::1%\udcff]", "zone id"),  # found by the fuzz: a scope id of any characters, once a 500
+])
+async def test_invalid_host_is_400_naming_the_problem_and_never_looked_up(deployed, host, problem):
+    """RFC 9112 3.2: a Host that is no valid value answers 400. No KV read, nothing
+    remembered (raw Host strings of 8 KB once filled the host cache's memo)."""
+    site, _ = deployed
+    reads = CountingCalls(site.catalog.kv, "get")
+    try:
+        resp, body = await site.fetch("/index.html", host)
+    finally:
+        reads.restore()
+    answer = json.loads(body)
+    assert resp.status == 400, host
+    assert answer["error"] == "bad_request" and answer["field"] == "Host" and problem in answer["message"]
+    assert host not in answer["message"]
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert len(reads) == 0 and host not in site.serving.hosts._names
+    # the control routes answer whatever the Host
+    assert (await site.fetch("/healthz", host))[0].status == 200
+
+
+async def test_distinct_long_hosts_do_not_grow_memory(deployed):
+    """12,000 distinct 8,000-character Hosts once grew a worker by about 80 MB."""
+    site, _ = deployed
+    memo = site.serving.hosts._names
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(12_000):
+            # raw bytes: ~8 KB of header per request, distinct every time
+            entry = await site.serving.hosts.lookup(f"{i:08d}" + "h" * 7992)
+            assert entry is None
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 2 * 1024 * 1024, grown
+    assert all(len(raw or "") <= 260 for raw in memo)
 
 
 async def test_paths_resolve_with_spa_fallback_only_without_extension(deployed):
@@ -226,6 +274,39 @@ async def test_single_range_partial_content(deployed):
     for header in ("bytes=0-1,5-6", "items=0-1", "bytes=5-1"):
         resp, body = await site.fetch("/assets/main.js", host, Range=header)
         assert (resp.status, body) == (200, JS), header
+
+
+async def test_distinct_long_paths_do_not_grow_memory(deployed):
+    """Every path of a host is remembered (up to 4,096 of them): 8 KB random single-page
+    routes would hold 32 MB per published host. Long paths still serve."""
+    site, host = deployed
+    resp, body = await site.fetch("/" + "r" * 4000, host)
+    assert (resp.status, body) == (200, INDEX_V1)
+    entry = await site.serving.hosts.lookup(host)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(5000):
+            assert entry.route(f"/{i:08d}" + "r" * 3992).asset.path == "index.html"
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 2 * 1024 * 1024, grown
+
+
+async def test_range_positions_of_thousands_of_digits(make_site):
+    """More than 4,300 digits once made int() raise (a 500): past the end → 416, an end
+    or suffix past the end → the bytes up to the end; cached and streamed assets alike."""
+    site = await make_site(ZE_WORKER_CACHE_MAX_ASSET_KB="64")
+    host = version_host_of(await site.deploy("1", {"index.html": INDEX_V1, "assets/main.js": JS, "big.bin": BIG}))
+    many = "9" * 5000
+    for path, data in (("/assets/main.js", JS), ("/big.bin", BIG)):
+        resp, body = await site.fetch(path, host, Range=f"bytes={many}-")
+        assert resp.status == 416 and resp.headers["Content-Range"] == f"bytes */{len(data)}", path
+        for header in (f"bytes=0-{many}", f"bytes=-{many}"):
+            resp, body = await site.fetch(path, host, Range=header)
+            assert (resp.status, body) == (206, data), (path, header[:12])
+            assert resp.headers["Content-Range"] == f"bytes 0-{len(data) - 1}/{len(data)}"
 
 
 async def test_if_range(deployed):

@@ -143,6 +143,13 @@ def test_snapshot_is_frozen_and_comparable():
         (b'"x"', "body: expected a JSON object"),
         (b'{"a": NaN}', "body: invalid JSON: NaN is not valid JSON"),
         (b'{"a": Infinity}', "body: invalid JSON: Infinity is not valid JSON"),
+        # hostile input: each of these once escaped as a 500
+        (b'{"a": "\\ud800"}', "body: invalid JSON: a \\u escape encodes a lone UTF-16 surrogate, not a character"),
+        (b'{"a": ["x", {"b": "\\udfff\\ud800"}]}',
+         "body: invalid JSON: a \\u escape encodes a lone UTF-16 surrogate, not a character"),
+        (b'{"a": 1e999}', "body: invalid JSON: the number 1e999 is out of range"),
+        (b'{"a": -1e400}', "body: invalid JSON: the number -1e400 is out of range"),
+        (b'{"a": ' + b"9" * 5000 + b"}", "body: invalid JSON: a number of 5000 digits (at most 4300)"),
     ],
 )
 def test_reject_body(body, message):
@@ -150,6 +157,23 @@ def test_reject_body(body, message):
     assert str(exc) == message
     assert exc.field == "body"
     assert exc.status == 400
+
+
+def test_lone_surrogates_anywhere_are_refused_pairs_are_characters():
+    for where in (
+        snapshot_doc(version="\ud800"),
+        snapshot_doc(git={"branch": "\udc00"}),
+        snapshot_doc(**{"\ud800key": 1}),
+        with_asset("a\ud800.js", path="a\ud800.js", extname=".js", hash=H1, size=1),
+    ):
+        body = json.dumps(where).encode()  # ensure_ascii: the surrogate travels as an escape
+        assert b"\\ud" in body
+        exc = reject(body)
+        assert exc.field == "body" and "lone UTF-16 surrogate" in str(exc), where
+    # an escaped pair is one character and is kept as sent
+    snap = parse_snapshot(json.dumps(snapshot_doc(version="v\U0001F600")).encode(), UID)
+    assert snap.raw["version"] == "v\U0001F600"
+    assert "\U0001F600".encode() in snap.to_json()
 
 
 def test_reject_deeply_nested_json():
@@ -416,6 +440,10 @@ def test_envs_payload_application_uid_of_another_token():
         (envs_doc(urls=["https://"]), "urls[0]", 'urls[0]: expected a URL or host name with a valid host, got "https://"'),
         (envs_doc(urls=["https://bad host/"]), "urls[0]", 'urls[0]: expected a URL or host name with a valid host, got "https://bad host/"'),
         (envs_doc(url_ids=["ok.example.com", "a..b"]), "url_ids[1]", 'url_ids[1]: expected a URL or host name with a valid host, got "a..b"'),
+        # an unclosed IPv6 bracket made urlsplit raise ValueError (a 500)
+        (envs_doc(urls=["https://[x"]), "urls[0]", 'urls[0]: expected a URL or host name with a valid host, got "https://[x"'),
+        (envs_doc(url_ids=["["]), "url_ids[0]", 'url_ids[0]: expected a URL or host name with a valid host, got "["'),
+        (envs_doc(urls=["http://[::1/x"]), "urls[0]", 'urls[0]: expected a URL or host name with a valid host, got "http://[::1/x"'),
     ],
 )
 def test_envs_payload_rejects(doc, field, message):

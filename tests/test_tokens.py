@@ -62,3 +62,11 @@ def test_rejections():
 def test_reasons_never_echo_the_token():
     token = tokens.mint("another-secret-0123456789abcdef01", "a")
     assert token not in _forbidden(token)
+
+
+@pytest.mark.parametrize("token", ["ab\udcffc.d.e", "\udced\udca0\udc80", tokens.mint(SECRET, "app.repo.org") + "\u00e9"])
+def test_a_token_with_bytes_that_are_not_utf8_is_malformed(token):
+    """aiohttp hands a header's non-UTF-8 bytes over as surrogates, which PyJWT cannot
+    encode (a UnicodeEncodeError, once a 500)."""
+    message = _forbidden(token)
+    assert "malformed token" in message and token not in message

@@ -8,12 +8,13 @@ import asyncio
 import hashlib
 import json
 import logging
+import threading
 import tracemalloc
 
 import pytest
 
 import zephyr_edge
-from zephyr_edge import hostnames, upload
+from zephyr_edge import bodies, hostnames, upload
 from zephyr_edge.app import make_app
 from zephyr_edge.assets import AssetHasher, asset_hash
 from zephyr_edge.storage.testing.data import Generated, MiB
@@ -542,3 +543,111 @@ async def test_publish_refusals_change_nothing(worker):
         error = await error_of(await worker.upload_json("envs", bad), 400)
         assert error["field"] == field, error
     assert await worker.fingerprint() == before
+
+
+# --- hostile input: a 4xx naming the problem, never a 500, nothing written -------------------
+
+
+async def raw_request(worker: Worker, head: bytes, body: bytes = b"") -> tuple[int, dict]:
+    """Send bytes as they are (aiohttp's client cannot send a header that is not UTF-8);
+    the status and JSON body of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", worker.client.server.port)
+    try:
+        writer.write(head + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            answer = await reader.read()
+    finally:
+        writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    payload = rest.partition(b"\r\n\r\n")[2]
+    return int(status_line.split()[1]), json.loads(payload)
+
+
+async def test_a_token_header_that_is_not_utf8_is_403(worker):
+    assert (await worker.upload_json("snapshot", snapshot_body())).status == 200
+    before = await worker.fingerprint()
+    valid = token().encode()
+    for bad in (b"ab\xffc", valid[:-4] + b"\xed\xa0\x80", valid + b"\xe9"):
+        for target, body in (
+            (b"/upload?type=snapshot&skip_assets=true", json.dumps(snapshot_body(build="2")).encode()),
+            (b"/upload?type=file&hash=" + b"0" * 64 + b"&filename=a.js", b"x"),
+            (b"/__get_application_hash_list__?application_uid=" + APP.encode(), b""),
+        ):
+            method = b"GET" if b"hash_list" in target else b"POST"
+            head = method + b" " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\ncan_write_jwt: " + bad + b"\r\n"
+            status, answer = await raw_request(worker, head, body)
+            assert status == 403, (bad, target, answer)
+            assert answer["error"] == "forbidden" and "malformed token" in answer["message"]
+    assert await worker.fingerprint() == before
+
+
+async def test_hostile_json_bodies_are_400_and_store_nothing(worker):
+    snap = snapshot_body()
+    assert (await worker.upload_json("snapshot", snap)).status == 200
+    before = await worker.fingerprint()
+    lone = json.dumps(snapshot_body(build="2", version="\ud800")).encode()
+    huge = json.dumps(snapshot_body(build="3")).encode().replace(b'"createdAt": 1700000000000', b'"createdAt": 1e999')
+    digits = json.dumps(snapshot_body(build="4")).encode().replace(b'"createdAt": 1700000000000', b'"createdAt": ' + b"7" * 5000)
+    assert b"1e999" in huge and b"7" * 5000 in digits
+    publish = publish_body(snap["snapshot_id"], ["ok.test"])
+    for kind, body, problem in (
+        ("snapshot", lone, "lone UTF-16 surrogate"),
+        ("snapshot", huge, "out of range"),
+        ("snapshot", digits, "5000 digits"),
+        ("envs", json.dumps({**publish, "jwt": "\udfff"}).encode(), "lone UTF-16 surrogate"),
+        ("envs", json.dumps(publish_body(snap["snapshot_id"], ["https://[x"])).encode(), "https://[x"),
+        ("envs", json.dumps(publish_body(snap["snapshot_id"], ["ok.test"], ["[::1"])).encode(), "[::1"),
+    ):
+        answer = await error_of(await worker.upload_json(kind, body), 400)
+        assert problem in answer["message"], answer
+    assert await worker.fingerprint() == before
+
+
+# --- large snapshots -------------------------------------------------------------------------
+
+
+async def test_a_snapshot_over_the_asset_limit_is_413_and_stores_nothing(backend, aiohttp_client):
+    worker = await start_worker(aiohttp_client, backend, ZE_WORKER_MAX_SNAPSHOT_ASSETS="10")
+    before = await worker.fingerprint()
+    files = {f"assets/{i}.js": b"x" for i in range(11)}
+    answer = await error_of(await worker.upload_json("snapshot", snapshot_body(files=files)), 413)
+    assert "11 entries" in answer["message"] and "ZE_WORKER_MAX_SNAPSHOT_ASSETS" in answer["message"]
+    assert await worker.fingerprint() == before
+    files.pop("assets/0.js")
+    assert (await worker.upload_json("snapshot", snapshot_body(files=files))).status == 200
+
+
+async def test_health_answers_while_a_large_snapshot_is_validated(worker, monkeypatch):
+    """A snapshot of many thousands of assets takes seconds to validate; the event loop
+    must keep answering meanwhile. Validation here waits until /healthz has answered: on
+    the loop itself it would wait in vain."""
+    from zephyr_edge import snapshot as snapshot_module
+
+    validating, answered = threading.Event(), threading.Event()
+    real = snapshot_module.snapshot_from_object
+
+    def validate_once_health_answered(*args, **kwargs):
+        validating.set()
+        if not answered.wait(5):
+            raise AssertionError("/healthz was not answered while the snapshot was validated")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(snapshot_module, "snapshot_from_object", validate_once_health_answered)
+    files = {f"assets/chunk-{i}.js": b"x" for i in range(3000)}
+    body = json.dumps(snapshot_body(files=files)).encode()
+    assert len(body) > bodies.OFF_LOOP_BYTES
+    upload = asyncio.create_task(worker.upload_json("snapshot", body))
+    try:
+        async with asyncio.timeout(10):
+            while not validating.is_set():
+                await asyncio.sleep(0.01)
+            assert (await worker.client.get("/healthz")).status == 200
+            answered.set()
+            resp = await upload
+        assert resp.status == 200, await resp.text()
+    finally:
+        answered.set()
+        if not upload.done():
+            upload.cancel()
+    assert len((await worker.catalog.live(f"{label_of(f'tester-1.{APP}')}.localhost")).assets) == 3000

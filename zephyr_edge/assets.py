@@ -18,6 +18,7 @@ from zephyr_edge.errors import BadRequest
 
 #: An asset hash: sha256 hex digest, lower case.
 HASH_RE = re.compile(r"[0-9a-f]{64}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 HASH_PROBLEM = "expected 64 lower-case hex characters"
 #: Top folder of asset objects in storage: ``assets/ab/cd/<hash>``.
 STORAGE_PREFIX = "assets"
@@ -115,7 +116,7 @@ def path_problem(path: object) -> str | None:
     """Why ``path`` is no acceptable asset path (relative, no ``..``...), or ``None``."""
     if not isinstance(path, str) or not path:
         return "expected a non-empty string"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+    if _CONTROL_RE.search(path):
         return "must not contain NUL or other control characters"
     if "\\" in path:
         return "must not contain a backslash"

@@ -10,7 +10,6 @@ token. Refusals are logged by the app's error middleware, never the token.
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from collections import OrderedDict
@@ -25,7 +24,6 @@ from zephyr_edge.keys import CONFIG_KEY
 #: How many distinct verified tokens a worker remembers (an agent uses one per deploy).
 TOKEN_CACHE_SIZE = 256
 
-log = logging.getLogger(__name__)
 
 #: The header carrying the write token (lower case, with underscores: nginx and some other
 #: reverse proxies drop headers with underscores unless told not to, see docs/deployment.md).
@@ -45,6 +43,8 @@ def token_of(request: web.Request) -> str | None:
 def _algorithm_problem(token: str) -> str | None:
     """Why the token's declared algorithm is refused, or None when it is HS256 or unreadable
     (an unreadable header is reported by :func:`tokens.verify` as a malformed token)."""
+    if tokens.shape_problem(token):
+        return None
     try:
         alg = jwt.get_unverified_header(token).get("alg")
     except jwt.InvalidTokenError:

@@ -17,7 +17,8 @@ is received within :data:`SMALL_BODY_TIMEOUT_S` (a large one is bounded by its c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -32,6 +33,19 @@ CHUNK_SIZE = 256 * 1024
 IDLE_TIMEOUT_S = 30.0
 #: Longest time to receive a whole small body (:func:`read_limited`).
 SMALL_BODY_TIMEOUT_S = 120.0
+#: Bodies larger than this are parsed off the event loop (:func:`parse_off_loop`).
+OFF_LOOP_BYTES = 256 * 1024
+
+T = TypeVar("T")
+
+
+async def parse_off_loop(raw: bytes, parse: Callable[[bytes], T]) -> T:
+    """``parse(raw)``, in a worker thread when ``raw`` is larger than :data:`OFF_LOOP_BYTES`
+    (validating a snapshot of many thousands of assets takes a good part of a second,
+    which the event loop must not spend away from other requests)."""
+    if len(raw) <= OFF_LOOP_BYTES:
+        return parse(raw)
+    return await asyncio.to_thread(parse, raw)
 
 
 class RequestTimeout(ZephyrError):

@@ -101,8 +101,16 @@ class WorkerConfig:
     #: Fixes the scheme and host of returned URLs (``https://ze.example.com``); empty: from
     #: the upload request, honouring X-Forwarded-Proto / X-Forwarded-Host.
     public_url: str = ""
+    #: Once a request's first byte has arrived, its headers must arrive within this bound
+    #: (408 and the connection closed otherwise: a slow client cannot hold it).
+    header_timeout_ms: int = attrs.field(default=10000, validator=_at_least(1))
+    #: A connection on which no request has started (since it opened or since the last
+    #: answer) is closed after this long; keep it above the proxy's idle timeout.
+    keepalive_timeout_ms: int = attrs.field(default=75000, validator=_at_least(1))
     #: Largest accepted asset upload, in MiB (413 above it).
     max_file_size_mb: int = attrs.field(default=256, validator=_at_least(1))
+    #: Most entries in a snapshot's ``assets`` (413 above it; the JSON is bounded by size too).
+    max_snapshot_assets: int = attrs.field(default=50000, validator=_at_least(1))
     #: Byte budget of the in-process asset cache, in MiB (0 disables it).
     cache_size_mb: int = attrs.field(default=128, validator=_at_least(0))
     #: Assets larger than this (KiB) are streamed from storage, never cached in process.

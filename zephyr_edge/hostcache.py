@@ -6,7 +6,7 @@ the variants of one host (case, port) share one entry and one parsed snapshot. A
 is trusted for ``host_cache_ttl_ms``; an unknown host is remembered too (a negative
 entry), for at most :data:`NEGATIVE_TTL_MAX_S`. Both maps are bounded
 (:data:`MAX_HOST_ENTRIES`, oldest dropped first), so random ``Host`` headers cannot grow
-memory.
+memory; a ``Host`` that is no valid name (too long, bad characters) is never remembered.
 
 Invalidation across workers: every publish bumps the catalog's generation counter
 (:meth:`~zephyr_edge.records.Catalog.generation`). :func:`watch_generation` polls it every
@@ -44,6 +44,9 @@ NEGATIVE_TTL_MAX_S = 1.0
 MAX_HOST_ENTRIES = 10_000
 #: Most request paths remembered per host (further paths are resolved every time).
 MAX_ROUTES_PER_HOST = 4096
+#: Longer request paths are resolved every time, never remembered (random 8 KB paths
+#: would otherwise hold 32 MB per published host).
+MAX_REMEMBERED_PATH_CHARS = 1024
 #: How long a known host keeps serving its last snapshot while the KV cannot be reached.
 STALE_IF_ERROR_S = 900.0
 #: While serving stale, how often a request tries the KV again.
@@ -93,7 +96,7 @@ class HostEntry:
             route = self._by_asset.get(asset.path)
             if route is None:
                 route = self._by_asset[asset.path] = self._factory(asset, self.immutable)
-        if len(self._routes) < MAX_ROUTES_PER_HOST:
+        if len(self._routes) < MAX_ROUTES_PER_HOST and len(raw_path) <= MAX_REMEMBERED_PATH_CHARS:
             self._routes[raw_path] = route
         return route
 
@@ -166,7 +169,8 @@ class HostCache:
         except KeyError:
             pass
         host = hostnames.normalize_host(raw_host)
-        _bounded_put(self._names, raw_host, host, self.max_entries)
+        if host is not None:  # valid names only, so at most MAX_HOST_HEADER_CHARS each
+            _bounded_put(self._names, raw_host, host, self.max_entries)
         return host
 
     async def lookup(self, raw_host: str | None) -> HostEntry | None:

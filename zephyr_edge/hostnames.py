@@ -31,6 +31,9 @@ DELIMITERS = ("-", ".", "_")
 #: DNS limits (RFC 1035): a label is 1..63 characters, a name at most 253.
 MAX_LABEL_CHARS = 63
 MAX_HOST_CHARS = 253
+#: Longest Host header that may hold a valid name: 253 characters, a trailing dot and a
+#: port of at most 5 digits (an IPv6 literal is shorter).
+MAX_HOST_HEADER_CHARS = MAX_HOST_CHARS + 7
 #: Configuration keys named in problem strings.
 PREFIX_ENVS_KEY = "ZE_WORKER_REDIS_PREFIX_ENVS"
 PREFIX_SNAPSHOTS_KEY = "ZE_WORKER_REDIS_PREFIX_SNAPSHOTS"
@@ -39,7 +42,7 @@ KEY_SEPARATOR = ":"
 
 # "_" is allowed: a delimiter may be "_" and Zephyr's own ids may carry it.
 _LABEL_RE = re.compile(r"[a-z0-9_-]{1,%d}" % MAX_LABEL_CHARS)
-_PORT_RE = re.compile(r"[0-9]*")
+_PORT_RE = re.compile(r"[0-9]{0,5}")
 
 
 def version_label(snapshot_id: str) -> str:
@@ -78,38 +81,63 @@ def normalize_host(host: str | None) -> str | None:
 
     Lower-cases, removes a port, the brackets of an IPv6 literal and one trailing dot;
     converts an internationalised name to its ASCII (punycode) form. Labels may hold
-    ``[a-z0-9_-]``.
+    ``[a-z0-9_-]``. :func:`host_problem` says why a host is invalid.
     """
-    if not host:
-        return None
+    return parse_host(host)[0]
+
+
+def host_problem(host: str | None) -> str | None:
+    """Why ``host`` cannot be a host name (a short, fixed phrase), or ``None`` if it can."""
+    return parse_host(host)[1]
+
+
+def parse_host(host: str | None) -> tuple[str | None, str | None]:
+    """``(normalised host, None)``, or ``(None, why it is invalid)``: see :func:`normalize_host`.
+
+    Anything longer than :data:`MAX_HOST_HEADER_CHARS` is refused before any other work
+    (no valid name, with a port, is longer), so callers may remember hosts as sent.
+    """
+    if not host or not host.strip():
+        return None, "empty"
+    if len(host) > MAX_HOST_HEADER_CHARS:
+        return None, f"longer than {MAX_HOST_CHARS} characters"
     text = host.strip().lower()
     if text.startswith("["):
         inner, bracket, rest = text[1:].partition("]")
         if not bracket or not (rest == "" or (rest[0] == ":" and _PORT_RE.fullmatch(rest[1:]))):
-            return None
+            return None, "not a valid [IPv6] literal with an optional port"
         return _ipv6(inner)
     if text.count(":") > 1:
         return _ipv6(text)
     name, colon, port = text.partition(":")
     if colon and not _PORT_RE.fullmatch(port):
-        return None
+        return None, "the port is not a number of at most 5 digits"
     if name.endswith("."):
         name = name[:-1]
     if not name.isascii():
         try:
             name = name.encode("idna").decode("ascii")
         except UnicodeError:
-            return None
-    if len(name) > MAX_HOST_CHARS or not all(_LABEL_RE.fullmatch(label) for label in name.split(".")):
-        return None
-    return name
+            return None, "not a valid internationalised domain name"
+    if len(name) > MAX_HOST_CHARS:
+        return None, f"longer than {MAX_HOST_CHARS} characters"
+    for label in name.split("."):
+        if not _LABEL_RE.fullmatch(label):
+            if not label:
+                return None, "an empty label"
+            if len(label) > MAX_LABEL_CHARS:
+                return None, f"a label longer than {MAX_LABEL_CHARS} characters"
+            return None, "characters other than letters, digits, '-', '_' and '.'"
+    return name, None
 
 
-def _ipv6(text: str) -> str | None:
+def _ipv6(text: str) -> tuple[str | None, str | None]:
+    if "%" in text:  # a zone id ("fe80::1%eth0") names an interface of the client's machine
+        return None, "an IPv6 zone id is not allowed"
     try:
-        return ipaddress.IPv6Address(text).compressed
+        return ipaddress.IPv6Address(text).compressed, None
     except ValueError:
-        return None
+        return None, "not a valid IPv6 address"
 
 
 # --- KV keys ----------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from zephyr_edge.errors import ZephyrError
 INDEX = "index.html"
 #: The only range unit we serve (compared case-insensitively, RFC 9110 14.1).
 RANGE_UNIT = "bytes"
+#: Digits of a byte position kept as sent; longer ones are past the end of anything.
+MAX_POSITION_DIGITS = 19
 
 _RANGE_SPEC_RE = re.compile(r"([0-9]*)-([0-9]*)")
 
@@ -83,6 +85,15 @@ def resolve_path(raw_path: str, assets: Mapping[str, T]) -> T | None:
     return None
 
 
+def _position(digits: str) -> str:
+    """A byte position as sent, or, when it has more digits than any size can (Python
+    would refuse to convert 4,300 of them), one just as far beyond every size."""
+    if not digits:
+        return digits
+    stripped = digits.lstrip("0") or "0"
+    return stripped if len(stripped) <= MAX_POSITION_DIGITS else "9" * MAX_POSITION_DIGITS
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The inclusive byte range ``(start, end)`` a ``Range`` header asks of ``size`` bytes.
 
@@ -103,7 +114,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     match = _RANGE_SPEC_RE.fullmatch(specs[0])
     if match is None:
         return None
-    first, last = match.groups()
+    first, last = (_position(g) for g in match.groups())
     if first:
         start = int(first)
         end = int(last) if last else size - 1

@@ -10,8 +10,10 @@ finds its bytes in the :class:`~zephyr_edge.assetcache.AssetCache`. Neither KV n
 is touched. Assets larger than ``cache_max_asset_kb`` stream from storage chunk by chunk,
 compressed on the fly (in a thread, with a weak ETag) when the client accepts it.
 
-Answers: unknown host or asset → 404 (an asset listed but not stored yet too; a missing
-file with an extension never gets ``index.html``); ``If-None-Match`` → 304; one ``Range``
+Answers: a ``Host`` that is no valid name (missing, longer than a DNS name, bad
+characters) → 400 naming the problem, before any lookup; unknown host or asset → 404
+(an asset listed but not stored yet too; a missing file with an extension never gets
+``index.html``); ``If-None-Match`` → 304; one ``Range``
 → 206 (416 with ``Content-Range: bytes */size`` when unsatisfiable; several ranges are
 ignored); compressible types are compressed (gzip, brotli when importable) unless a
 ``Range`` is asked for or the body is tiny; ``OPTIONS`` answers CORS preflights with 204
@@ -30,9 +32,10 @@ from typing import TypeVar
 
 from aiohttp import hdrs, web
 
+from zephyr_edge import hostnames
 from zephyr_edge.assetcache import KIB, MIB, AssetCache
 from zephyr_edge.compression import Negotiator, available_codecs
-from zephyr_edge.errors import BackendUnavailable, NotFound
+from zephyr_edge.errors import BackendUnavailable, BadRequest, NotFound
 from zephyr_edge.hostcache import HostCache, watch_generation
 from zephyr_edge.keys import CATALOG_KEY, CONFIG_KEY, STORAGE_KEY
 from zephyr_edge.resolve import RangeNotSatisfiable, parse_range
@@ -122,6 +125,15 @@ def _error(status: int, body: bytes, extra: Mapping[str, str] | None = None) -> 
     return web.Response(status=status, body=body, headers=headers)
 
 
+def _invalid_host(raw_host: str | None) -> web.Response:
+    """400 for a ``Host`` that cannot name anything (RFC 9112 3.2): no KV read, nothing cached."""
+    problem = "missing" if raw_host is None else hostnames.host_problem(raw_host) or "not a valid host name"
+    body = json.dumps({
+        "error": BadRequest.code, "message": f"Host: not a valid host name ({problem})", "field": "Host",
+    }).encode()
+    return _error(400, body)
+
+
 def _unsatisfiable(exc: RangeNotSatisfiable) -> web.Response:
     body = _error_body(exc.code, str(exc))
     return _error(exc.status, body, {"Content-Range": exc.content_range})
@@ -133,7 +145,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     headers = request.headers
     raw_host = headers.get(hdrs.HOST)
     entry = serving.hosts.fresh(raw_host) or await serving.hosts.lookup(raw_host)
-    if entry is None or entry.snapshot is None:
+    if entry is None:
+        return _invalid_host(raw_host)
+    if entry.snapshot is None:
         return _error(404, UNKNOWN_HOST_BODY)
     route = entry.route(request.rel_url.raw_path)
     if route is None:

@@ -22,6 +22,7 @@ from aiohttp import web
 from zephyr_edge import logs, redaction
 from zephyr_edge.app import make_app
 from zephyr_edge.config import Config
+from zephyr_edge.connections import BoundedAppRunner
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,10 @@ async def run(
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     worker = config.worker
-    runner = web.AppRunner(
+    runner = BoundedAppRunner(
         app if app is not None else make_app(config),
+        header_timeout_s=worker.header_timeout_ms / 1000,
+        keepalive_timeout_s=worker.keepalive_timeout_ms / 1000,
         handle_signals=False,
         shutdown_timeout=worker.shutdown_grace_ms / 1000,
         access_log_class=logs.AccessLogger,

@@ -15,7 +15,9 @@ metadata, if ever needed, belongs under separate keys (:func:`~zephyr_edge.hostn
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +26,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from zephyr_edge.assets import HASH_PROBLEM, extension, is_hash, path_problem
-from zephyr_edge.errors import BadRequest, ZephyrError
+from zephyr_edge.errors import BadRequest, PayloadTooLarge, ZephyrError
 from zephyr_edge.hostnames import normalize_host
 
 #: ``app.repo.org``: dot-separated labels of ``[a-z0-9_-]`` (zephyr-agent replaces any other
@@ -36,6 +38,12 @@ MAX_ID_CHARS = 512
 #: Longest value quoted back in an error message, and longest asset key in a field path.
 MAX_SHOWN_CHARS = 80
 MAX_SHOWN_KEY_CHARS = 200
+#: The configuration key bounding a snapshot's asset count (named in the refusal).
+MAX_ASSETS_KEY = "ZE_WORKER_MAX_SNAPSHOT_ASSETS"
+#: Longest integer accepted in a JSON body (Python's own int-from-text limit).
+MAX_NUMBER_DIGITS = 4300
+#: A ``\\uXXXX`` escape of a UTF-16 surrogate (paired or not; pairs are checked after parsing).
+_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class InvalidLivePayload(ZephyrError):
@@ -73,7 +81,12 @@ class Snapshot:
         return frozenset(asset.hash for asset in self.assets.values())
 
     def to_json(self) -> bytes:
-        """The stored form: ``raw`` as compact UTF-8 JSON, every field kept."""
+        """The stored form: ``raw`` as compact UTF-8 JSON, every field kept (computed once:
+        a large snapshot is written under several keys)."""
+        return self._json
+
+    @functools.cached_property
+    def _json(self) -> bytes:
         return json.dumps(self.raw, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
@@ -103,21 +116,55 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _load_object(body: bytes, field: str) -> dict[str, Any]:
-    """A JSON object from ``body``; :class:`BadRequest` naming ``field`` otherwise."""
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise ValueError(f"a number of {len(text)} digits (at most {MAX_NUMBER_DIGITS})")
+    return int(text)
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    """Whether a parsed document holds a string that is not valid Unicode text (a lone
+    UTF-16 surrogate from a ``\\ud800``-style escape: it could never be stored as UTF-8)."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def load_json_object(body: bytes, field: str = "body") -> dict[str, Any]:
+    """A JSON object from a request body (or a stored value): the one place JSON sent to
+    the worker is parsed. :class:`BadRequest` naming ``field`` when the body is not UTF-8,
+    not JSON (``NaN`` and ``Infinity`` included), nested too deeply, holds a number of
+    more digits than Python converts, a lone surrogate escape, or is not an object."""
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise _bad(field, "not UTF-8 text") from None
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(
+            text, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_bounded_int
+        )
     except json.JSONDecodeError as exc:
         raise _bad(field, f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
-    except (ValueError, RecursionError) as exc:
-        raise _bad(field, f"invalid JSON: {exc}") from None
+    except ValueError as exc:  # NaN, Infinity, an out-of-range number
+        raise _bad(field, f"invalid JSON: {str(exc)[:MAX_SHOWN_CHARS]}") from None
+    except RecursionError:
+        raise _bad(field, "invalid JSON: nested too deeply") from None
+    # Decoded strictly, the text itself holds no surrogate: only an escape can make one.
+    if _SURROGATE_ESCAPE_RE.search(text) and _has_lone_surrogate(data):
+        raise _bad(field, "invalid JSON: a \\u escape encodes a lone UTF-16 surrogate, not a character")
     if not isinstance(data, dict):
         raise _bad(field, "expected a JSON object")
     return data
+
 
 
 def _check_ids(obj: Mapping[str, Any], prefix: str, token_uid: str | None) -> tuple[str, str]:
@@ -143,26 +190,29 @@ def _check_ids(obj: Mapping[str, Any], prefix: str, token_uid: str | None) -> tu
 
 def _parse_asset(key: Any, value: Any) -> Asset:
     """One ``assets`` entry; :class:`BadRequest` naming ``assets["<key>"].<field>``."""
-    where = f"assets[{_show(key, MAX_SHOWN_KEY_CHARS)}]"
     problem = path_problem(key)
     if problem:
-        raise _bad(where, problem)
-    if not isinstance(value, dict):
-        raise _bad(where, "expected a JSON object")
+        raise _bad(_where(key), problem)
+    if value.__class__ is not dict:
+        raise _bad(_where(key), "expected a JSON object")
     if value.get("path") != key:
-        raise _bad(f"{where}.path", f"expected the asset's key {_show(key)}, got {_show(value.get('path'))}")
+        raise _bad(f"{_where(key)}.path", f"expected the asset's key {_show(key)}, got {_show(value.get('path'))}")
     extname = value.get("extname")
     if extname is None:
         extname = extension(key)
-    elif not isinstance(extname, str):
-        raise _bad(f"{where}.extname", "expected a string")
+    elif extname.__class__ is not str:
+        raise _bad(f"{_where(key)}.extname", "expected a string")
     digest = value.get("hash")
     if not is_hash(digest):
-        raise _bad(f"{where}.hash", HASH_PROBLEM)
+        raise _bad(f"{_where(key)}.hash", HASH_PROBLEM)
     size = value.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise _bad(f"{where}.size", f"expected a non-negative integer, got {_show(size)}")
+    if size.__class__ is not int or size < 0:  # JSON gives exact types (bool is no int here)
+        raise _bad(f"{_where(key)}.size", f"expected a non-negative integer, got {_show(size)}")
     return Asset(key, extname, digest, size)
+
+
+def _where(key: Any) -> str:
+    return f"assets[{_show(key, MAX_SHOWN_KEY_CHARS)}]"
 
 
 def _created_at(data: Mapping[str, Any]) -> int | None:
@@ -173,18 +223,41 @@ def _created_at(data: Mapping[str, Any]) -> int | None:
 # --- public -----------------------------------------------------------------------------
 
 
-def parse_snapshot(body: bytes, application_uid_from_token: str | None) -> Snapshot:
+def parse_snapshot(
+    body: bytes, application_uid_from_token: str | None, *, max_assets: int | None = None
+) -> Snapshot:
     """Validate an uploaded Snapshot JSON (``type=snapshot``) field by field.
 
     ``application_uid_from_token`` is the verified write token's application; ``None``
     skips that comparison (the caller authorised the write otherwise). Raises
-    :class:`BadRequest` whose message and ``field`` name the first wrong field.
+    :class:`BadRequest` whose message and ``field`` name the first wrong field, and
+    :class:`PayloadTooLarge` when ``assets`` has more than ``max_assets`` entries.
     """
-    data = _load_object(body, "body")
+    return snapshot_from_object(load_json_object(body, "body"), application_uid_from_token, max_assets=max_assets)
+
+
+def parse_snapshot_upload(body: bytes, max_assets: int | None = None) -> Snapshot:
+    """:func:`parse_snapshot` of an upload (the token is compared by the caller), its
+    stored form computed too: everything a large snapshot costs, in one call that can run
+    off the event loop."""
+    snapshot = parse_snapshot(body, None, max_assets=max_assets)
+    snapshot.to_json()
+    return snapshot
+
+
+def snapshot_from_object(
+    data: dict[str, Any], application_uid_from_token: str | None, *, max_assets: int | None = None
+) -> Snapshot:
+    """:func:`parse_snapshot` of an already parsed JSON object (from
+    :func:`load_json_object`, e.g. a replicated snapshot inside a sync body)."""
     uid, sid = _check_ids(data, "", application_uid_from_token)
     assets = data.get("assets")
     if not isinstance(assets, dict):
         raise _bad("assets", "expected a JSON object mapping paths to assets")
+    if max_assets is not None and len(assets) > max_assets:
+        raise PayloadTooLarge(
+            f"assets: {len(assets)} entries, more than the limit of {max_assets} ({MAX_ASSETS_KEY})"
+        )
     parsed = {key: _parse_asset(key, value) for key, value in assets.items()}
     return Snapshot(uid, sid, parsed, _created_at(data), data)
 
@@ -199,7 +272,7 @@ def load_live_payload(raw: bytes) -> Snapshot:
     no ``assets`` object).
     """
     try:
-        data = _load_object(raw, "live payload")
+        data = load_json_object(raw, "live payload")
     except BadRequest as exc:
         raise InvalidLivePayload(str(exc)) from None
     assets = data.get("assets")
@@ -223,7 +296,10 @@ def _host_of(item: Any, field: str) -> str:
     if not isinstance(item, str) or not item.strip():
         raise _bad(field, "expected a non-empty string")
     text = item.strip()
-    authority = urlsplit(text if "://" in text else "//" + text).netloc
+    try:
+        authority = urlsplit(text if "://" in text else "//" + text).netloc
+    except ValueError:  # e.g. "https://[x": an unclosed IPv6 bracket
+        authority = ""
     host = normalize_host(authority.rpartition("@")[2])
     if host is None:
         raise _bad(field, f"expected a URL or host name with a valid host, got {_show(item)}")
@@ -238,7 +314,7 @@ def parse_envs_payload(body: bytes, application_uid_from_token: str | None = Non
     name, or a URL). Missing lists count as empty. Raises :class:`BadRequest` naming the
     field (e.g. ``urls[2]``).
     """
-    data = _load_object(body, "body")
+    data = load_json_object(body, "body")
     version = data.get("app_version")
     if not isinstance(version, dict):
         raise _bad("app_version", "expected a JSON object with application_uid and snapshot_id")

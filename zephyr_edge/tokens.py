@@ -59,6 +59,15 @@ def mint(secret: str, application_uid: str, ttl_s: int = DEFAULT_TTL_S, *, now: 
     return jwt.encode(claims, secret, algorithm=ALGORITHMS[0])
 
 
+def shape_problem(token: str) -> str | None:
+    """Why ``token`` cannot even be decoded, or None. A compact JWT is ASCII (base64url and
+    dots); a header byte that is not UTF-8 reaches us as a surrogate, which PyJWT cannot
+    encode (a ``UnicodeEncodeError``, not an ``InvalidTokenError``): refuse it here."""
+    if not token.isascii():
+        return "malformed token (characters other than base64url and '.')"
+    return None
+
+
 def verify(token: str | None, secret: str, application_uid: str | None = None) -> WriteClaims:
     """Check a write token; raise :class:`~zephyr_edge.errors.Forbidden` saying why it fails.
 
@@ -67,6 +76,9 @@ def verify(token: str | None, secret: str, application_uid: str | None = None) -
     """
     if not token:
         raise Forbidden("missing can_write_jwt")
+    problem = shape_problem(token)
+    if problem:
+        raise Forbidden(f"invalid can_write_jwt: {problem}")
     try:
         claims = jwt.decode(
             token,

@@ -32,7 +32,7 @@ import zephyr_edge
 from zephyr_edge import auth, assets, bodies, ingest, publicurl
 from zephyr_edge.errors import BadRequest
 from zephyr_edge.keys import CATALOG_KEY, CONFIG_KEY
-from zephyr_edge.snapshot import parse_envs_payload, parse_snapshot
+from zephyr_edge.snapshot import parse_envs_payload, parse_snapshot_upload
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,9 @@ async def upload_snapshot(request: web.Request) -> web.Response:
     """
     claims = auth.require_write(request)
     raw = await bodies.read_limited(request, MAX_SNAPSHOT_BYTES, "the snapshot")
-    snapshot = parse_snapshot(raw, None)
-    auth.check_application(claims, snapshot.application_uid, "application_uid")
     worker = request.app[CONFIG_KEY].worker
+    snapshot = await bodies.parse_off_loop(raw, lambda body: parse_snapshot_upload(body, worker.max_snapshot_assets))
+    auth.check_application(claims, snapshot.application_uid, "application_uid")
     base = publicurl.from_request(request, worker.public_url)
     host = base.version_host(snapshot.snapshot_id, worker.delimiter)
     await request.app[CATALOG_KEY].save_snapshot(snapshot, host)

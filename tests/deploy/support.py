@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import attrs
 import yaml
 
 from zephyr_edge import config as cfg

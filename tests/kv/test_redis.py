@@ -273,9 +273,8 @@ async def test_wrong_password_is_an_authentication_error_without_the_password(au
     wrong = "wrong-" + SECRET
     async with open_kv(backend, "127.0.0.1", auth_server.port, password=wrong) as kv:
         for call in (kv.ping, lambda: kv.set("{ze-test-auth}:k", b"v")):
-            with pytest.raises(BackendError) as caught:
+            with pytest.raises(BackendUnavailable) as caught:  # an outage (503), not a request fault
                 await call()
-            assert not isinstance(caught.value, BackendUnavailable)
             assert "authentication failed" in str(caught.value)
             assert caught.value.__cause__ is not None
             assert_no_secret(caught.value, wrong, SECRET)
@@ -295,9 +294,45 @@ async def test_acl_username(auth_server):
         await kv.set("{ze-test-acl}:k", b"v")
         assert await kv.get("{ze-test-acl}:k") == b"v"
     async with open_kv("redis", "127.0.0.1", auth_server.port, username="ze-user", password=SECRET) as kv:
-        with pytest.raises(BackendError, match="authentication failed") as caught:
+        with pytest.raises(BackendUnavailable, match="authentication failed") as caught:
             await kv.ping()
         assert_no_secret(caught.value, SECRET, user_password)
+
+
+async def test_refused_credentials_answer_503_on_data_requests(auth_server, aiohttp_client, tmp_path):
+    """A wrong password (or an ACL user without the needed commands) is an outage like any
+    other: 503 with Retry-After on every data request, never ``500 backend_error``; the
+    liveness route still answers."""
+    from zephyr_edge import tokens
+    from zephyr_edge.app import make_app
+
+    limited_password = "limited-" + SECRET
+    assert auth_server._cli("ACL", "SETUSER", "ze-limited", "on", f">{limited_password}", "~*", "+ping") == "OK"
+    jwt_secret = "test-jwt-secret-0123456789abcdef"
+    for credentials in ({"password": "wrong-" + SECRET}, {"username": "ze-limited", "password": limited_password}):
+        cfg = config.load({
+            "ZE_WORKER_JWT_SECRET": jwt_secret, "ZE_WORKER_STORAGE_BACKEND": "local",
+            "ZE_WORKER_DATA_DIR": str(tmp_path / "data"), "ZE_WORKER_KV_BACKEND": "redis",
+            "ZE_WORKER_REDIS_HOST": "127.0.0.1", "ZE_WORKER_REDIS_PORT": str(auth_server.port),
+            **{f"ZE_WORKER_REDIS_{k.upper()}": v for k, v in credentials.items()},
+        })
+        client = await aiohttp_client(make_app(cfg))
+        try:
+            token = {"can_write_jwt": tokens.mint(jwt_secret, "web.repo.org")}
+            snapshot = {"application_uid": "web.repo.org", "snapshot_id": "t-1.web.repo.org", "assets": {}}
+            for method, path, kwargs in (
+                ("GET", "/__get_application_hash_list__?application_uid=web.repo.org", {}),
+                ("GET", "/index.html", {"headers": {"Host": "app.example.com"}}),
+                ("POST", "/upload?type=snapshot&skip_assets=true", {"headers": token, "json": snapshot}),
+            ):
+                resp = await client.request(method, path, **kwargs)
+                text = await resp.text()
+                assert resp.status == 503, (credentials, path, text)
+                assert resp.headers["Retry-After"] and "backend_unavailable" in text
+                assert SECRET not in text and "Traceback" not in text
+            assert (await client.get("/healthz")).status == 200
+        finally:
+            await client.close()
 
 
 # --- bounded calls ---------------------------------------------------------------------------

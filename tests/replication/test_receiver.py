@@ -288,6 +288,10 @@ async def test_client_writes_are_recorded_but_sync_writes_are_not(worker):
     (json.dumps({"snapshot": snapshot_body(), "hosts": {"a-ze.example.com": "soon"}}).encode(), "hosts"),
     (json.dumps({"snapshot": snapshot_body(), "hosts": {"bad host!": stamp(1)}}).encode(), "hosts"),
     (json.dumps({"snapshot": snapshot_body(), "hosts": ["a"]}).encode(), "hosts"),
+    # hostile: a lone surrogate once passed the parse and failed re-encoding (a 500)
+    (json.dumps({"snapshot": snapshot_body(version="\ud800"), "hosts": {}}).encode(), "body"),
+    (json.dumps({"snapshot": snapshot_body(), "hosts": {"\udc00-ze.example.com": stamp(1)}}).encode(), "body"),
+    (json.dumps({"snapshot": snapshot_body(), "hosts": {}}).encode()[:-1] + b', "n": 1e999}', "body"),
 ])
 async def test_bad_bodies_are_400_naming_the_field(worker, body, field):
     before = await worker.fingerprint()

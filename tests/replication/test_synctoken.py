@@ -69,6 +69,7 @@ def refusals():
         "missing": (None, {}, "missing sync token"),
         "empty": ("", {}, "missing sync token"),
         "malformed": ("not.a.jwt", {}, "malformed"),
+        "not-utf8": (signed() + "\udcff", {}, "sync token: malformed token"),
         "forged": (signed(OTHER_SECRET), {}, "bad signature"),
         "expired": (synctoken.mint(SECRET, "us-east-1", SUBJECT, ttl_s=60, now=now - 600), {}, "has expired"),
         "future": (signed(iat=now + 600, exp=now + 660), {}, "future"),

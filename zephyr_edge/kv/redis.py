@@ -298,12 +298,14 @@ def translate_error(
         text = str(e) or type(e).__name__
         return clean(text.split("\n", 1)[0])
 
+    # Refused credentials or permissions are an outage for every request (503, retry
+    # later), not a fault of the request (500): the message names the fix for the log.
     if any(isinstance(e, AuthenticationError) for e in chain):
-        return BackendError(
+        return BackendUnavailable(
             backend, f"authentication failed at {endpoint} (check ZE_WORKER_REDIS_USERNAME and ZE_WORKER_REDIS_PASSWORD)"
         )
     if (denied := next((e for e in chain if isinstance(e, AuthorizationError)), None)) is not None:
-        return BackendError(backend, f"{what}: permission denied at {endpoint}: {describe(denied)}")
+        return BackendUnavailable(backend, f"{what}: permission denied at {endpoint}: {describe(denied)}")
     if (tls := next((e for e in chain if isinstance(e, ssl.SSLError)), None)) is not None:
         return BackendError(backend, f"TLS with {endpoint} failed: {describe(tls)}")
     if isinstance(first, (ClusterStateError, NodeError)):

@@ -14,11 +14,10 @@ Answers and bodies: :mod:`zephyr_edge.replication.protocol`. Errors are
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -26,10 +25,11 @@ from zephyr_edge import assets, bodies, hostnames, ingest, upload
 from zephyr_edge.errors import BadRequest, Forbidden
 from zephyr_edge.keys import CATALOG_KEY, CONFIG_KEY
 from zephyr_edge.replication import protocol, synctoken
-from zephyr_edge.snapshot import Snapshot, parse_snapshot
+from zephyr_edge.snapshot import Snapshot, load_json_object, snapshot_from_object
 from zephyr_edge.stamps import InvalidStamp, Stamp, newer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Longest host or value quoted back in an error message.
 MAX_SHOWN_CHARS = 100
@@ -61,17 +61,20 @@ def authorize(request: web.Request, subject: str | None) -> synctoken.SyncClaims
     )
 
 
-async def _read_json(request: web.Request, claims: synctoken.SyncClaims) -> dict[str, Any]:
-    """The request's JSON object body, once the token's ``sub`` is checked against it."""
+async def _read_json(
+    request: web.Request, claims: synctoken.SyncClaims, parse: Callable[[dict[str, Any]], T] = lambda data: data,
+) -> T:
+    """``parse`` of the request's JSON object body, once the token's ``sub`` is checked
+    against it (both off the event loop when the body is large)."""
     raw = await bodies.read_limited(request, protocol.MAX_JSON_BYTES, "the sync request")
     synctoken.check_subject(claims, protocol.body_subject(raw))
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise BadRequest("body: invalid JSON", field="body") from None
-    if not isinstance(data, dict):
-        raise BadRequest("body: expected a JSON object", field="body")
-    return data
+    return await bodies.parse_off_loop(raw, lambda body: parse(load_json_object(body, "body")))
+
+
+def _snapshot_and_stamps(data: dict[str, Any]) -> tuple[Snapshot, dict[str, Stamp]]:
+    snapshot = _snapshot(data.get("snapshot"))
+    snapshot.to_json()  # the stored form, computed here (off the loop when large)
+    return snapshot, _stamps(data.get("hosts"))
 
 
 def _stamps(value: Any) -> dict[str, Stamp]:
@@ -94,7 +97,7 @@ def _snapshot(value: Any) -> Snapshot:
     if not isinstance(value, dict):
         raise BadRequest("snapshot: expected the snapshot JSON object", field="snapshot")
     try:
-        return parse_snapshot(json.dumps(value, ensure_ascii=False).encode("utf-8"), None)
+        return snapshot_from_object(value, None)
     except BadRequest as exc:
         raise BadRequest(f"snapshot.{exc}", field=f"snapshot.{exc.field}") from None
 
@@ -134,9 +137,7 @@ async def sync_file(request: web.Request) -> web.Response:
 
 async def _apply(request: web.Request, kind: str) -> web.Response:
     claims = authorize(request, None)
-    data = await _read_json(request, claims)
-    snapshot = _snapshot(data.get("snapshot"))
-    stamps = _stamps(data.get("hosts"))
+    snapshot, stamps = await _read_json(request, claims, _snapshot_and_stamps)
     applied = await request.app[CATALOG_KEY].apply_replicated(snapshot, stamps)
     _applied(
         claims, kind, "Sync applied", application_uid=snapshot.application_uid,

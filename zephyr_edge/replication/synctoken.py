@@ -98,6 +98,9 @@ def verify(
         raise Forbidden("replication is refused: no JWT secret is configured on this worker")
     if not token:
         raise Forbidden("missing sync token (Authorization: Bearer)")
+    problem = tokens.shape_problem(token)
+    if problem:
+        raise Forbidden(f"sync token: {problem}")
     problem = _algorithm_problem(token)
     if problem:
         raise Forbidden(problem)

@@ -15,6 +15,12 @@ every key carries it, so each multi-key write is one Redis Cluster slot):
 - ``T:generation`` → counter bumped after every publish; workers watch it to drop their
   hostname caches (cross-worker invalidation)
 
+Read-your-writes: callbacks registered with :meth:`Catalog.on_hosts_written` are called
+with the hostnames of every hostname write made through this catalog, once it is stored
+and before the write's caller returns; the worker's hostname cache registers one, so the
+worker that accepted a publish serves it in its answer's wake (the others see the
+generation counter move).
+
 Replication: with a :class:`Journal` (the region's outbox), every write accepted from a
 client (a new hash, a snapshot, a publish) is recorded for the other regions in the same
 atomic KV step that makes it visible here. Writes received from another region go through
@@ -84,7 +90,24 @@ class Catalog:
         self._replica = worker.replica_name
         self._envs = worker.redis_prefix_envs
         self._snapshots = worker.redis_prefix_snapshots
+        self._written: list[Callable[[Sequence[str]], None]] = []
         hostnames.configured_hash_tag(worker)  # raises ConfigError for unusable prefixes
+
+    # --- local write notification -------------------------------------------------------
+
+    def on_hosts_written(self, callback: Callable[[Sequence[str]], None]) -> Callable[[], None]:
+        """Call ``callback(hosts)`` after every hostname write stored through this catalog
+        (normalised names; before the write's caller gets its answer). Returns the function
+        that unregisters it. A callback must not raise or block."""
+        self._written.append(callback)
+        return lambda: self._written.remove(callback) if callback in self._written else None
+
+    def _hosts_written(self, hosts: Sequence[str]) -> None:
+        for callback in list(self._written):
+            try:
+                callback(hosts)
+            except Exception:  # a broken listener must not fail a stored write
+                log.exception("Hostname write listener failed")
 
     # --- keys ---------------------------------------------------------------------------
 
@@ -225,6 +248,7 @@ class Catalog:
                 body = {"snapshot_id": snapshot.snapshot_id, "hosts": {h: str(s) for h, s in stamps.items()}}
                 write += await self.journal.record(kind, body)
             if await self.kv.atomic_if(values, write):
+                self._hosts_written(hosts)
                 await self.kv.incr(self.generation_key)
                 return
         raise BackendError(self.kv.name, f"hostname write kept conflicting with concurrent writes of {hosts!r}")
@@ -244,6 +268,7 @@ class Catalog:
             expect = {keys[h]: held_raw[h] for h in winners}
             if await self.kv.atomic_if(expect, self._snapshot_ops(snapshot) + self._host_ops(snapshot, winners)):
                 if winners:
+                    self._hosts_written(sorted(winners))
                     await self.kv.incr(self.generation_key)
                 return sorted(winners)
         raise BackendError(self.kv.name, f"replicated hostname write kept conflicting for {sorted(incoming)!r}")

@@ -212,3 +212,34 @@ def test_tagged_key():
 def test_tagged_key_rejects(prefix, parts, message):
     with pytest.raises(ValueError, match=message):
         hostnames.tagged_key(prefix, *parts)
+
+
+@pytest.mark.parametrize("snapshot_id", ["tester-9.web.repo.org", "u_1-22.a-b.c", "x" * 80 + ".web.repo.org"])
+@pytest.mark.parametrize("delimiter", hostnames.DELIMITERS)
+def test_version_hostnames_are_recognised_before_their_snapshot_exists(snapshot_id, delimiter):
+    label = hostnames.version_label(snapshot_id).lower()
+    for host in (hostnames.version_host(snapshot_id, "ze.example.com", delimiter), f"{label}.localhost"):
+        assert hostnames.claimed_version_label(host) == label
+        assert hostnames.version_host_conflict(host, snapshot_id, None) is None  # its own snapshot
+        problem = hostnames.version_host_conflict(host, "tester-1.evil.attacker.org", None)
+        assert problem and host in problem and "version hostname" in problem
+
+
+@pytest.mark.parametrize("host", [
+    "web-latest-ze.example.com", "latest.localhost", "app.example.com", "staging-web-repo-org-ze.example.com",
+    "shop-0123abcde.com",  # 9 hex chars that are not the slug's hash
+    "tester-9-web-repo-org-a8ad2e766",  # a label alone is no host
+    "tester-9-web-repo-org-a8ad2e766-",
+    "a.tester-9-web-repo-org-a8ad2e766-ze.example.com",  # not the leading label
+])
+def test_other_hosts_are_not_version_hostnames(host):
+    assert hostnames.claimed_version_label(host) is None
+    assert hostnames.version_host_conflict(host, "tester-1.web.repo.org", None) is None
+
+
+def test_a_version_hostname_serving_its_snapshot_never_moves():
+    upper = "Tester-9.web.repo.org"  # its label does not verify against the lower-cased host
+    host = hostnames.version_host(upper, "ze.example.com", "-")
+    assert hostnames.claimed_version_label(host) is None
+    assert hostnames.version_host_conflict(host, "tester-1.web.repo.org", upper)
+    assert hostnames.version_host_conflict(host, upper, upper) is None

@@ -40,6 +40,7 @@ KEY_SEPARATOR = ":"
 # "_" is allowed: a delimiter may be "_" and Zephyr's own ids may carry it.
 _LABEL_RE = re.compile(r"[a-z0-9_-]{1,%d}" % MAX_LABEL_CHARS)
 _PORT_RE = re.compile(r"[0-9]*")
+_HEX_RE = re.compile(r"[0-9a-f]+")
 
 
 def version_label(snapshot_id: str) -> str:
@@ -50,6 +51,58 @@ def version_label(snapshot_id: str) -> str:
     slug = snapshot_id.replace(".", "-")
     digest = hashlib.sha256(slug.encode("utf-8")).hexdigest()
     return f"{slug[:LABEL_SLUG_CHARS]}-{digest[:LABEL_HASH_CHARS]}"
+
+
+def claimed_version_label(host: str) -> str | None:
+    """The version label ``host`` (normalised) starts with, or None: a version hostname
+    belongs to its snapshot id, even before that snapshot exists.
+
+    Recognised: ``<slug>-<9 hex><delimiter><rest>`` (any of :data:`DELIMITERS`, so
+    ``<label>.localhost`` too) where the 9 hex characters are the start of
+    ``sha256(slug)``, or where the slug has the full :data:`LABEL_SLUG_CHARS` (the slug of a
+    longer id was cut, its hash cannot be checked: that shape is reserved whole). A version
+    label of an id with upper-case letters does not verify against the lower-cased host:
+    such a host is recognised only once it serves its snapshot (:func:`version_host_conflict`).
+    """
+    end = len(host)
+    start = host.find("-")
+    while 0 < start <= LABEL_SLUG_CHARS and "." not in host[:start]:
+        tail = start + 1 + LABEL_HASH_CHARS
+        digest = host[start + 1 : tail]
+        if tail < end - 1 and host[tail] in DELIMITERS and _HEX_RE.fullmatch(digest):
+            slug = host[:start]
+            full = hashlib.sha256(slug.encode("utf-8")).hexdigest()[:LABEL_HASH_CHARS]
+            if start == LABEL_SLUG_CHARS or full == digest:
+                return host[:tail]
+        start = host.find("-", start + 1)
+    return None
+
+
+def is_version_host_of(host: str, snapshot_id: str) -> bool:
+    """Whether ``host`` (normalised) is ``snapshot_id``'s own version hostname, joined to an
+    edge host by any delimiter (``<label>.localhost`` included)."""
+    if not snapshot_id:
+        return False
+    label = version_label(snapshot_id).lower()
+    return any(host.startswith(label + d) and len(host) > len(label) + 1 for d in DELIMITERS)
+
+
+def version_host_conflict(host: str, snapshot_id: str, serving_id: str | None) -> str | None:
+    """Why pointing ``host`` (normalised) at ``snapshot_id`` would move a version hostname,
+    or None. A version hostname only ever points at its own snapshot: refused when ``host``
+    carries another id's version label (:func:`claimed_version_label`), or when it is the
+    version hostname of ``serving_id``, the snapshot it serves now."""
+    if is_version_host_of(host, snapshot_id):
+        return None
+    if serving_id and serving_id != snapshot_id and is_version_host_of(host, serving_id):
+        return f"{host} is the version hostname of snapshot {serving_id!r}; version hostnames never move"
+    label = claimed_version_label(host)
+    if label is not None:
+        return (
+            f"{host} is a version hostname (label {label!r} is reserved for the snapshot it names), "
+            f"not the one of snapshot {snapshot_id!r}; version hostnames never move"
+        )
+    return None
 
 
 def label_host(label: str, edge_host: str, delimiter: str) -> str:

@@ -31,7 +31,10 @@ Ownership: a snapshot id stored for one application cannot be saved again by ano
 a publish on behalf of an application (``publish(..., application_uid=...)``) can neither
 use another application's snapshot nor take over a hostname that serves another
 application. These checks are part of the write's compare-and-set: two applications
-racing for one hostname cannot both win. Records that cannot be read are skipped (and logged) by listings.
+racing for one hostname cannot both win. A version hostname only ever points at its own
+snapshot (:func:`hostnames.version_host_conflict`: also for a snapshot that does not exist
+yet), whoever writes: a publish that would move one raises :class:`VersionHostTaken`, and
+a replicated write skips it. Records that cannot be read are skipped (and logged) by listings.
 """
 
 from __future__ import annotations
@@ -50,6 +53,12 @@ from zephyr_edge.snapshot import InvalidLivePayload, Snapshot, load_live_payload
 from zephyr_edge.stamps import Stamp, newer, next_stamp
 
 log = logging.getLogger(__name__)
+
+class VersionHostTaken(Forbidden):
+    """A write would point a version hostname at another snapshot than its own."""
+
+    code = "version_host_reserved"
+
 
 #: Attempts of a hostname write that keeps losing its compare-and-set to concurrent writes.
 STAMPED_WRITE_ATTEMPTS = 20
@@ -190,6 +199,8 @@ class Catalog:
         (a write on behalf of that application), the snapshot must be that application's
         (:class:`NotFound` otherwise) and no host may currently serve another application
         (:class:`Forbidden`): an application's token cannot take over another's hostnames.
+        Whoever writes, :class:`VersionHostTaken` when a host is another snapshot's version
+        hostname (existing or not): version hostnames never move.
         """
         names = _normalized(hosts, "hosts")
         snapshot = await self.require_snapshot(snapshot_id)
@@ -226,17 +237,21 @@ class Catalog:
         With ``owner`` (a write on behalf of that application), :class:`Forbidden` when a
         host serves another application (a record without a readable owner may be
         overwritten). ``check`` may refuse the write from the values of the ``guard``
-        keys. Both are decided on the values the compare-and-set then expects, so no
+        keys. Always :class:`VersionHostTaken` when a host is another snapshot's version
+        hostname. All are decided on the values the compare-and-set then expects, so no
         concurrent write can slip in between the check and the write.
         """
         stamp_keys = [self.stamp_key(h) for h in hosts]
-        live_keys = [self.envs_key(h) for h in hosts] if owner is not None else []
+        live_keys = [self.envs_key(h) for h in hosts]
         keys = stamp_keys + live_keys + list(guard)
         for _ in range(STAMPED_WRITE_ATTEMPTS):
             values = dict(zip(keys, await self.kv.get_many(keys)))
             for host, key in zip(hosts, live_keys):
+                problem = hostnames.version_host_conflict(host, snapshot.snapshot_id, _snapshot_id(values[key]))
+                if problem:
+                    raise VersionHostTaken(problem)
                 serving = _owner(values[key])
-                if serving and serving != owner:
+                if owner is not None and serving and serving != owner:
                     raise Forbidden(f"host {host!r} serves application {serving!r}")
             if check is not None:
                 check(values)
@@ -260,6 +275,12 @@ class Catalog:
         incoming: dict[str, Stamp] = {}
         for host, stamp in stamps.items():
             name = _normalized([host], "hosts")[0]
+            if hostnames.version_host_conflict(name, snapshot.snapshot_id, None):
+                log.warning(
+                    "Replicated write skipped: %s is another snapshot's version hostname", name,
+                    extra={"fields": {"http.host": name, "zephyr.snapshot_id": snapshot.snapshot_id}},
+                )
+                continue
             incoming[name] = max(stamp, incoming.get(name, stamp))
         keys = {h: self.stamp_key(h) for h in incoming}
         for _ in range(STAMPED_WRITE_ATTEMPTS):
@@ -342,6 +363,16 @@ def _owner(raw: bytes | None) -> str | None:
         return None
     try:
         return load_live_payload(raw).application_uid or None
+    except InvalidLivePayload:
+        return None
+
+
+def _snapshot_id(raw: bytes | None) -> str | None:
+    """The snapshot id of a live record (None: absent or unreadable)."""
+    if raw is None:
+        return None
+    try:
+        return load_live_payload(raw).snapshot_id or None
     except InvalidLivePayload:
         return None
 

@@ -82,8 +82,10 @@ def main() -> int:
     print(f"{'layout':<10}{'without (us)':>14}{'with big (us)':>15}{'ratio':>9}")
     for layout, r in results.items():
         print(f"{layout:<10}{r['without_us']:>14.1f}{r['with_big_us']:>15.1f}{r['ratio']:>9.2f}")
-    print(f"current / earlier with the big value: {results['current']['with_big_us'] / results['earlier']['with_big_us']:.4f}")
-    print(json.dumps({"big_mb": args.big_mb, "keys": args.keys, **{k: {n: round(v, 3) for n, v in r.items()} for k, r in results.items()}}))
+    speedup = results["earlier"]["with_big_us"] / results["current"]["with_big_us"]
+    print(f"with the big value, the current layout is {speedup:.1f}x faster than the earlier one")
+    rounded = {layout: {name: round(v, 3) for name, v in r.items()} for layout, r in results.items()}
+    print(json.dumps({"big_mb": args.big_mb, "keys": args.keys, "lookups": args.lookups, **rounded}))
     return 0
 
 

@@ -54,6 +54,7 @@ from zephyr_edge.stamps import Stamp, newer, next_stamp
 
 log = logging.getLogger(__name__)
 
+
 class VersionHostTaken(Forbidden):
     """A write would point a version hostname at another snapshot than its own."""
 

@@ -227,7 +227,8 @@ def test_lookups_never_read_a_large_value_of_another_key(tmp_path):
     conn = local_sql.connect(tmp_path)
     try:
         _fill(conn)
-        for statement in ("SELECT value FROM kv_values WHERE key = ?", "SELECT key, value FROM kv_values WHERE key IN (?)"):
+        statements = ("SELECT value FROM kv_values WHERE key = ?", "SELECT key, value FROM kv_values WHERE key IN (?)")
+        for statement in statements:
             plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + statement, ("k",)))
             assert "USING INDEX" in plan and "SCAN" not in plan, plan
         read = _lookup_reads(conn)

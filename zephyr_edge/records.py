@@ -248,7 +248,9 @@ class Catalog:
         for _ in range(STAMPED_WRITE_ATTEMPTS):
             values = dict(zip(keys, await self.kv.get_many(keys)))
             for host, key in zip(hosts, live_keys):
-                problem = hostnames.version_host_conflict(host, snapshot.snapshot_id, _snapshot_id(values[key]))
+                problem = hostnames.version_host_conflict(
+                    host, snapshot.snapshot_id, _snapshot_id(values[key]), snapshot.application_uid
+                )
                 if problem:
                     raise VersionHostTaken(problem)
                 serving = _owner(values[key])
@@ -276,7 +278,7 @@ class Catalog:
         incoming: dict[str, Stamp] = {}
         for host, stamp in stamps.items():
             name = _normalized([host], "hosts")[0]
-            if hostnames.version_host_conflict(name, snapshot.snapshot_id, None):
+            if hostnames.version_host_conflict(name, snapshot.snapshot_id, None, snapshot.application_uid):
                 log.warning(
                     "Replicated write skipped: %s is another snapshot's version hostname", name,
                     extra={"fields": {"http.host": name, "zephyr.snapshot_id": snapshot.snapshot_id}},

@@ -237,7 +237,8 @@ async def test_host_cache_ttl_negative_entries_and_reuse(catalog):
 
     unknown = await hosts.lookup("new-ze.example.com")
     assert unknown.snapshot is None
-    await catalog.publish(snapshot.snapshot_id, ["new-ze.example.com"])  # no clear(): only the TTL helps
+    # written by hand (not through the catalog): nothing invalidates, only the TTL helps
+    await catalog.kv.set(catalog.envs_key("new-ze.example.com"), snapshot.to_json())
     clock.now += hostcache.NEGATIVE_TTL_MAX_S - 0.01
     assert (await hosts.lookup("new-ze.example.com")).snapshot is None
     clock.now += 0.02
@@ -280,6 +281,46 @@ async def test_a_lookup_overtaken_by_a_clear_is_not_stored(catalog):
     gate.set()
     assert (await lookup).snapshot is not None
     assert len(hosts) == 0 and hosts.fresh(TAG) is None
+
+
+async def test_a_write_through_the_catalog_drops_its_hosts_at_once(catalog):
+    one = await deploy(catalog, None, "1", files("1"), hosts=(TAG,))
+    two = await deploy(catalog, None, "2", files("2"))
+    hosts = host_cache(catalog, FakeClock())
+    other = await hosts.lookup("other-ze.example.com")
+    assert (await hosts.lookup(TAG)).snapshot.snapshot_id == one.snapshot_id
+    await catalog.publish(two.snapshot_id, [TAG.upper()])
+    assert hosts.fresh(TAG) is None and hosts.fresh("other-ze.example.com") is other, "only the written host"
+    assert (await hosts.lookup(TAG)).snapshot.snapshot_id == two.snapshot_id
+    await hosts.close()
+    await catalog.publish(one.snapshot_id, [TAG])
+    assert hosts.fresh(TAG) is not None, "a closed cache no longer listens"
+
+
+async def test_a_lookup_that_started_before_a_write_is_not_stored(catalog):
+    one = await deploy(catalog, None, "1", files("1"), hosts=(TAG,))
+    two = await deploy(catalog, None, "2", files("2"))
+    hosts = host_cache(catalog, FakeClock())
+    gate = asyncio.Event()
+    real_get = catalog.kv.get
+
+    async def slow_get(key):
+        value = await real_get(key)
+        if key == catalog.envs_key(TAG):  # the cache's read of the host answers late
+            await asyncio.wait_for(gate.wait(), 5)
+        return value
+
+    catalog.kv.get = slow_get
+    lookup = asyncio.ensure_future(hosts.lookup(TAG))  # reads the record of build 1...
+    await asyncio.sleep(0.01)
+    await catalog.publish(two.snapshot_id, [TAG])  # ...which a write replaces meanwhile
+    joined = asyncio.ensure_future(hosts.lookup(TAG))  # must not join the stale read
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert (await asyncio.wait_for(lookup, 5)).snapshot.snapshot_id == one.snapshot_id  # started before the write
+    assert (await asyncio.wait_for(joined, 5)).snapshot.snapshot_id == two.snapshot_id
+    del catalog.kv.get
+    assert (await hosts.lookup(TAG)).snapshot.snapshot_id == two.snapshot_id, "the stale read was stored"
 
 
 async def test_stale_entry_serves_while_the_kv_fails(catalog):

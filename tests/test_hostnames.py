@@ -212,3 +212,41 @@ def test_tagged_key():
 def test_tagged_key_rejects(prefix, parts, message):
     with pytest.raises(ValueError, match=message):
         hostnames.tagged_key(prefix, *parts)
+
+
+@pytest.mark.parametrize("snapshot_id", ["tester-9.web.repo.org", "u_1-22.a-b.c", "x" * 80 + ".web.repo.org"])
+@pytest.mark.parametrize("delimiter", hostnames.DELIMITERS)
+def test_version_hostnames_are_recognised_before_their_snapshot_exists(snapshot_id, delimiter):
+    label = hostnames.version_label(snapshot_id).lower()
+    for host in (hostnames.version_host(snapshot_id, "ze.example.com", delimiter), f"{label}.localhost"):
+        assert hostnames.claimed_version_label(host) == label
+        assert hostnames.version_host_conflict(host, snapshot_id, None) is None  # its own snapshot
+        problem = hostnames.version_host_conflict(host, "tester-1.evil.attacker.org", None)
+        assert problem and host in problem and "version hostname" in problem
+
+
+@pytest.mark.parametrize("host", [
+    "web-latest-ze.example.com", "latest.localhost", "app.example.com", "staging-web-repo-org-ze.example.com",
+    "tester-9-web-repo-org-a8ad2e766",  # a label alone is no host
+    "tester-9-web-repo-org-a8ad2e766-",
+    "a.tester-9-web-repo-org-a8ad2e766-ze.example.com",  # not the leading label
+    "web-0123abcd-ze.example.com", "web-0123abcdef-ze.example.com",  # 8 and 10 hex characters
+])
+def test_other_hosts_are_not_version_hostnames(host):
+    assert hostnames.claimed_version_label(host) is None
+    assert hostnames.version_host_conflict(host, "tester-1.web.repo.org", None, "web.repo.org") is None
+
+
+def test_the_unverifiable_shape_is_reserved_except_for_its_own_application():
+    upper = "Tester-9.web.repo.org"  # its label does not verify against the lower-cased host
+    host = hostnames.version_host(upper, "ze.example.com", "-")
+    assert hostnames.claimed_version_label(host) is None
+    problem = hostnames.version_host_conflict(host, "tester-1.evil.attacker.org", None, "evil.attacker.org")
+    assert problem and "reserved for snapshot uploads" in problem
+    assert hostnames.version_host_conflict(host, "tester-1.web.repo.org", None, "web.repo.org") is None
+    # a name that only looks like a label is refused too, with a message that says why
+    problem = hostnames.version_host_conflict("shop-0123abcde.com", "tester-1.web.repo.org", None, "web.repo.org")
+    assert problem and "shape of a version label" in problem
+    # once it serves its snapshot, the application itself cannot move it either
+    assert hostnames.version_host_conflict(host, "tester-1.web.repo.org", upper, "web.repo.org")
+    assert hostnames.version_host_conflict(host, upper, upper, "web.repo.org") is None

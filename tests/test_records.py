@@ -19,7 +19,7 @@ import pytest
 from zephyr_edge import config, hostnames
 from zephyr_edge.errors import BadRequest, Forbidden, NotFound
 from zephyr_edge.kv.base import KV, Op
-from zephyr_edge.records import Catalog
+from zephyr_edge.records import Catalog, VersionHostTaken
 from zephyr_edge.replication import outbox
 from zephyr_edge.snapshot import parse_snapshot
 from zephyr_edge.stamps import Stamp
@@ -427,3 +427,34 @@ async def test_two_applications_racing_for_one_snapshot_id_cannot_both_win(setup
         )
         assert sum(not isinstance(r, BaseException) for r in results) == 1, results
         assert all(isinstance(r, Forbidden) for r in results if isinstance(r, BaseException)), results
+
+
+async def test_version_hostnames_never_move_whoever_writes(setup):
+    catalog = setup.catalog
+    mine, evil = snap(build="1"), snap(app="evil.attacker.org", build="1")
+    await catalog.save_snapshot(evil, vhost(evil))
+    future = vhost(snap(build="9"))  # another snapshot's version host, before that snapshot exists
+    for owner in ("evil.attacker.org", None):  # a client's publish, the admin CLI with --force
+        with pytest.raises(VersionHostTaken, match="version hostname"):
+            await catalog.publish(evil.snapshot_id, [future], owner)
+    # a replicated write skips it (and applies the rest)
+    assert await catalog.apply_replicated(evil, {future: stamp(1000), "evil.test": stamp(1000)}) == ["evil.test"]
+    assert await catalog.live(future) is None
+    # the snapshot itself takes it
+    await catalog.save_snapshot(mine, vhost(mine))
+    await catalog.save_snapshot(snap(build="9"), future)
+    assert (await catalog.live(future)).snapshot_id == snap(build="9").snapshot_id
+
+
+async def test_hostname_writes_are_reported_to_listeners(setup):
+    catalog = setup.catalog
+    seen: list[list[str]] = []
+    stop = catalog.on_hosts_written(lambda hosts: seen.append(list(hosts)))
+    one = snap(build="1")
+    await catalog.save_snapshot(one, vhost(one))
+    await catalog.publish(one.snapshot_id, ["Prod.test", "b.test"])
+    await catalog.apply_replicated(one, {"c.test": stamp(1000)})
+    await catalog.apply_replicated(one, {"c.test": stamp(999)})  # older: nothing moves, nothing reported
+    stop()
+    await catalog.publish(one.snapshot_id, ["d.test"])
+    assert seen == [[vhost(one)], ["prod.test", "b.test"], ["c.test"]]

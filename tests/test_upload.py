@@ -651,3 +651,53 @@ async def test_health_answers_while_a_large_snapshot_is_validated(worker, monkey
         if not upload.done():
             upload.cancel()
     assert len((await worker.catalog.live(f"{label_of(f'tester-1.{APP}')}.localhost")).assets) == 3000
+
+
+ATTACKER = "evil.attacker.org"
+
+
+async def test_a_future_version_hostname_cannot_be_claimed_by_another_application(worker):
+    evil = snapshot_body(ATTACKER, build="1", files={"index.html": b"<p>attacker</p>"})
+    assert (await worker.upload_json("snapshot", evil, app=ATTACKER)).status == 200
+    victim_id = f"tester-9.{APP}"  # the victim's next build: guessable, not uploaded yet
+    label = label_of(victim_id)
+    claims = [f"{label}-ze.example.com", f"{label}.ze.example.com", f"{label}_ze.example.com", f"{label}.localhost"]
+    before = await worker.fingerprint()
+    for host in claims:
+        for urls, url_ids in (([f"https://{host}/"], []), ([], [host])):
+            body = publish_body(evil["snapshot_id"], urls, url_ids, app=ATTACKER)
+            error = await error_of(await worker.upload_json("envs", body, app=ATTACKER), 403)
+            assert error["error"] == "version_host_reserved" and "version hostname" in error["message"], error
+            assert host in error["message"], error
+    # mixed with a legitimate host: nothing of the request is written
+    body = publish_body(evil["snapshot_id"], ["https://evil-latest.example.com", f"https://{claims[0]}"], app=ATTACKER)
+    await error_of(await worker.upload_json("envs", body, app=ATTACKER), 403)
+    assert await worker.fingerprint() == before
+    # the victim's real build 9 then deploys, on either edge host
+    victim = snapshot_body(build="9")
+    assert victim["snapshot_id"] == victim_id
+    for headers in ({}, {"Host": "ze.example.com"}):
+        resp = await worker.upload_json("snapshot", victim, headers=headers)
+        assert resp.status == 200, await resp.text()
+    assert (await worker.catalog.live(claims[0])).snapshot_id == victim_id
+    assert (await worker.catalog.live(claims[3])).snapshot_id == victim_id
+
+
+async def test_version_hostnames_point_only_at_their_own_snapshot(worker):
+    one, two = snapshot_body(build="1"), snapshot_body(build="2")
+    for snap in (one, two):
+        assert (await worker.upload_json("snapshot", snap)).status == 200
+    own = f"{label_of(one['snapshot_id'])}.localhost"
+    # the owning application cannot move its own version host either...
+    error = await error_of(await worker.upload_json("envs", publish_body(two["snapshot_id"], [], [own])), 403)
+    assert error["error"] == "version_host_reserved" and one["snapshot_id"] in error["message"]
+    # ...nor claim a version host of a build it has not uploaded yet
+    future = f"{label_of(f'tester-3.{APP}')}-ze.example.com"
+    await error_of(await worker.upload_json("envs", publish_body(two["snapshot_id"], [future])), 403)
+    assert await worker.catalog.live(future) is None
+    # pointing a version host at its own snapshot is a harmless no-op; tags and environments move freely
+    for hosts in ([own], ["web-latest-ze.example.com", "staging.example.com", "latest.localhost"]):
+        snapshot_id = one["snapshot_id"] if hosts == [own] else two["snapshot_id"]
+        resp = await worker.upload_json("envs", publish_body(snapshot_id, [], hosts))
+        assert resp.status == 200, await resp.text()
+    assert (await worker.catalog.live("web-latest-ze.example.com")).snapshot_id == two["snapshot_id"]

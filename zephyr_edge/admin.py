@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from zephyr_edge import hostnames
 from zephyr_edge.config import Config
 from zephyr_edge.errors import BackendError, BackendUnavailable, Forbidden, NotFound, ZephyrError
-from zephyr_edge.records import Catalog, Version
+from zephyr_edge.records import Catalog, Version, VersionHostTaken
 from zephyr_edge.replication import outbox
 from zephyr_edge.snapshot import InvalidLivePayload
 
@@ -70,14 +70,6 @@ def parse_hosts(values: Sequence[str]) -> tuple[str, ...]:
     if not hosts:
         raise UsageError("at least one --host is required")
     return tuple(hosts)
-
-
-def _version_host_of(host: str, snapshot_id: str) -> bool:
-    """Whether ``host`` is ``snapshot_id``'s own version hostname (``<label><delim><edge>``)."""
-    if not snapshot_id:
-        return False
-    label = hostnames.version_label(snapshot_id).lower()
-    return any(host.startswith(label + d) for d in hostnames.DELIMITERS)
 
 
 # --- running against the KV ---------------------------------------------------------------
@@ -139,12 +131,12 @@ async def publish_hosts(
     """
     snapshot = await catalog.require_snapshot(snapshot_id)
     previous = {h: await _live_id(catalog, h) for h in hosts}
-    for host, old in previous.items():
-        if old and old != snapshot_id and _version_host_of(host, old):
-            raise Refused(f"{host} is the version hostname of snapshot {old!r}; version hostnames never move")
     try:
-        # with the application given, the catalog refuses hosts serving another application
+        # the catalog refuses to move a version hostname (even with force) and, with the
+        # application given, hosts serving another application
         await catalog.publish(snapshot.snapshot_id, list(hosts), None if force else snapshot.application_uid)
+    except VersionHostTaken as exc:
+        raise Refused(str(exc)) from None
     except Forbidden as exc:
         raise Refused(f"{exc}; pass --force to move it to {snapshot.application_uid!r}") from None
     return {

@@ -15,6 +15,12 @@ through any worker sharing the KV is served everywhere within one poll interval 
 KV read). A value written into ``envs:<host>`` by hand does not bump the counter: it is
 served once the entry's TTL has run out.
 
+Read-your-writes: the cache registers with :meth:`Catalog.on_hosts_written
+<zephyr_edge.records.Catalog.on_hosts_written>`, so a hostname write made through this
+worker (an ``envs`` publish, a snapshot's version host, a replicated write) drops that
+host's entry before the write is answered (:meth:`HostCache.invalidate`): the accepting
+worker serves it at once, without waiting for the poll.
+
 Resilience: concurrent misses of one host share one KV read; a lookup that started before
 a clear never stores its (possibly stale) result; when the KV cannot be reached, a host
 seen before keeps serving its last snapshot for up to :data:`STALE_IF_ERROR_S`.
@@ -26,7 +32,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from zephyr_edge import hostnames, publicurl
 from zephyr_edge.cache import SingleFlight
@@ -149,6 +155,7 @@ class HostCache:
         self.clears = 0
         #: the publish counter last read by :func:`watch_generation` (None: unknown)
         self.generation: int | None = None
+        self._unsubscribe = catalog.on_hosts_written(self.invalidate)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -231,7 +238,17 @@ class HostCache:
         self._entries.clear()
         self._flights.forget()
 
+    def invalidate(self, hosts: Iterable[str]) -> None:
+        """Forget the entries of ``hosts`` (normalised names) after a write moved them.
+        Lookups running now (of any host: they may have read the old record) will not
+        store their results, and later lookups do not join them."""
+        self._epoch += 1
+        for host in hosts:
+            self._entries.pop(host, None)
+        self._flights.forget()
+
     async def close(self) -> None:
+        self._unsubscribe()
         await self._flights.close()
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from zephyr_edge.errors import ConfigError
@@ -43,6 +44,7 @@ KEY_SEPARATOR = ":"
 # "_" is allowed: a delimiter may be "_" and Zephyr's own ids may carry it.
 _LABEL_RE = re.compile(r"[a-z0-9_-]{1,%d}" % MAX_LABEL_CHARS)
 _PORT_RE = re.compile(r"[0-9]{0,5}")
+_HEX_RE = re.compile(r"[0-9a-f]+")
 
 
 def version_label(snapshot_id: str) -> str:
@@ -53,6 +55,78 @@ def version_label(snapshot_id: str) -> str:
     slug = snapshot_id.replace(".", "-")
     digest = hashlib.sha256(slug.encode("utf-8")).hexdigest()
     return f"{slug[:LABEL_SLUG_CHARS]}-{digest[:LABEL_HASH_CHARS]}"
+
+
+def _label_shapes(host: str) -> Iterator[tuple[str, str, bool]]:
+    """``(slug, label, verified)`` for each way ``host`` starts with ``<slug>-<9 hex>`` and
+    a delimiter (then more): ``verified`` when the hex is the start of ``sha256(slug)`` or
+    the slug has the full :data:`LABEL_SLUG_CHARS` (the slug of a longer id was cut: its
+    hash cannot be checked, the whole shape is reserved)."""
+    end = len(host)
+    start = host.find("-")
+    while 0 < start <= LABEL_SLUG_CHARS and "." not in host[:start]:
+        tail = start + 1 + LABEL_HASH_CHARS
+        digest = host[start + 1 : tail]
+        if tail < end - 1 and host[tail] in DELIMITERS and _HEX_RE.fullmatch(digest):
+            slug = host[:start]
+            full = hashlib.sha256(slug.encode("utf-8")).hexdigest()[:LABEL_HASH_CHARS]
+            yield slug, host[:tail], start == LABEL_SLUG_CHARS or full == digest
+        start = host.find("-", start + 1)
+
+
+def claimed_version_label(host: str) -> str | None:
+    """The version label ``host`` (normalised) verifiably starts with, or None: a version
+    hostname belongs to its snapshot id, even before that snapshot exists.
+
+    Recognised: ``<slug>-<9 hex><delimiter><rest>`` (any of :data:`DELIMITERS`, so
+    ``<label>.localhost`` too) where the 9 hex characters are the start of
+    ``sha256(slug)``, or where the slug has the full :data:`LABEL_SLUG_CHARS`. The label of
+    an id with upper-case letters does not verify against the lower-cased host (see
+    :func:`version_host_conflict` for how such hosts are kept).
+    """
+    return next((label for _, label, verified in _label_shapes(host) if verified), None)
+
+
+def is_version_host_of(host: str, snapshot_id: str) -> bool:
+    """Whether ``host`` (normalised) is ``snapshot_id``'s own version hostname, joined to an
+    edge host by any delimiter (``<label>.localhost`` included)."""
+    if not snapshot_id:
+        return False
+    label = version_label(snapshot_id).lower()
+    return any(host.startswith(label + d) and len(host) > len(label) + 1 for d in DELIMITERS)
+
+
+def version_host_conflict(
+    host: str, snapshot_id: str, serving_id: str | None, application_uid: str | None = None,
+) -> str | None:
+    """Why pointing ``host`` (normalised) at ``snapshot_id`` (of ``application_uid``) would
+    move a version hostname, or None. A version hostname only ever points at its own
+    snapshot. Refused:
+
+    - the version hostname of ``serving_id``, the snapshot ``host`` serves now;
+    - a host carrying another id's verified version label (:func:`claimed_version_label`),
+      whether that snapshot exists or not;
+    - a host of the version label's shape whose hash does not verify (the label of an id
+      with upper-case letters, or a name that merely looks like one), unless its slug ends
+      with ``application_uid`` (dots as dashes): only that application's ids can have it.
+    """
+    if is_version_host_of(host, snapshot_id):
+        return None
+    if serving_id and serving_id != snapshot_id and is_version_host_of(host, serving_id):
+        return f"{host} is the version hostname of snapshot {serving_id!r}; version hostnames never move"
+    own_suffix = "-" + application_uid.replace(".", "-") if application_uid else None
+    for slug, label, verified in _label_shapes(host):
+        if verified:
+            return (
+                f"{host} is a version hostname (label {label!r} is reserved for the snapshot it names), "
+                f"not the one of snapshot {snapshot_id!r}; version hostnames never move"
+            )
+        if own_suffix is None or not slug.endswith(own_suffix):
+            return (
+                f"{host} starts with {label!r}, the shape of a version label (<slug>-<9 hex>), which is "
+                f"reserved for snapshot uploads; choose a hostname without it"
+            )
+    return None
 
 
 def label_host(label: str, edge_host: str, delimiter: str) -> str:

@@ -15,6 +15,12 @@ every key carries it, so each multi-key write is one Redis Cluster slot):
 - ``T:generation`` → counter bumped after every publish; workers watch it to drop their
   hostname caches (cross-worker invalidation)
 
+Read-your-writes: callbacks registered with :meth:`Catalog.on_hosts_written` are called
+with the hostnames of every hostname write made through this catalog, once it is stored
+and before the write's caller returns; the worker's hostname cache registers one, so the
+worker that accepted a publish serves it in its answer's wake (the others see the
+generation counter move).
+
 Replication: with a :class:`Journal` (the region's outbox), every write accepted from a
 client (a new hash, a snapshot, a publish) is recorded for the other regions in the same
 atomic KV step that makes it visible here. Writes received from another region go through
@@ -25,7 +31,10 @@ Ownership: a snapshot id stored for one application cannot be saved again by ano
 a publish on behalf of an application (``publish(..., application_uid=...)``) can neither
 use another application's snapshot nor take over a hostname that serves another
 application. These checks are part of the write's compare-and-set: two applications
-racing for one hostname cannot both win. Records that cannot be read are skipped (and logged) by listings.
+racing for one hostname cannot both win. A version hostname only ever points at its own
+snapshot (:func:`hostnames.version_host_conflict`: also for a snapshot that does not exist
+yet), whoever writes: a publish that would move one raises :class:`VersionHostTaken`, and
+a replicated write skips it. Records that cannot be read are skipped (and logged) by listings.
 """
 
 from __future__ import annotations
@@ -44,6 +53,13 @@ from zephyr_edge.snapshot import InvalidLivePayload, Snapshot, load_live_payload
 from zephyr_edge.stamps import Stamp, newer, next_stamp
 
 log = logging.getLogger(__name__)
+
+
+class VersionHostTaken(Forbidden):
+    """A write would point a version hostname at another snapshot than its own."""
+
+    code = "version_host_reserved"
+
 
 #: Attempts of a hostname write that keeps losing its compare-and-set to concurrent writes.
 STAMPED_WRITE_ATTEMPTS = 20
@@ -84,7 +100,24 @@ class Catalog:
         self._replica = worker.replica_name
         self._envs = worker.redis_prefix_envs
         self._snapshots = worker.redis_prefix_snapshots
+        self._written: list[Callable[[Sequence[str]], None]] = []
         hostnames.configured_hash_tag(worker)  # raises ConfigError for unusable prefixes
+
+    # --- local write notification -------------------------------------------------------
+
+    def on_hosts_written(self, callback: Callable[[Sequence[str]], None]) -> Callable[[], None]:
+        """Call ``callback(hosts)`` after every hostname write stored through this catalog
+        (normalised names; before the write's caller gets its answer). Returns the function
+        that unregisters it. A callback must not raise or block."""
+        self._written.append(callback)
+        return lambda: self._written.remove(callback) if callback in self._written else None
+
+    def _hosts_written(self, hosts: Sequence[str]) -> None:
+        for callback in list(self._written):
+            try:
+                callback(hosts)
+            except Exception:  # a broken listener must not fail a stored write
+                log.exception("Hostname write listener failed")
 
     # --- keys ---------------------------------------------------------------------------
 
@@ -167,6 +200,8 @@ class Catalog:
         (a write on behalf of that application), the snapshot must be that application's
         (:class:`NotFound` otherwise) and no host may currently serve another application
         (:class:`Forbidden`): an application's token cannot take over another's hostnames.
+        Whoever writes, :class:`VersionHostTaken` when a host is another snapshot's version
+        hostname (existing or not): version hostnames never move.
         """
         names = _normalized(hosts, "hosts")
         snapshot = await self.require_snapshot(snapshot_id)
@@ -203,17 +238,23 @@ class Catalog:
         With ``owner`` (a write on behalf of that application), :class:`Forbidden` when a
         host serves another application (a record without a readable owner may be
         overwritten). ``check`` may refuse the write from the values of the ``guard``
-        keys. Both are decided on the values the compare-and-set then expects, so no
+        keys. Always :class:`VersionHostTaken` when a host is another snapshot's version
+        hostname. All are decided on the values the compare-and-set then expects, so no
         concurrent write can slip in between the check and the write.
         """
         stamp_keys = [self.stamp_key(h) for h in hosts]
-        live_keys = [self.envs_key(h) for h in hosts] if owner is not None else []
+        live_keys = [self.envs_key(h) for h in hosts]
         keys = stamp_keys + live_keys + list(guard)
         for _ in range(STAMPED_WRITE_ATTEMPTS):
             values = dict(zip(keys, await self.kv.get_many(keys)))
             for host, key in zip(hosts, live_keys):
+                problem = hostnames.version_host_conflict(
+                    host, snapshot.snapshot_id, _snapshot_id(values[key]), snapshot.application_uid
+                )
+                if problem:
+                    raise VersionHostTaken(problem)
                 serving = _owner(values[key])
-                if serving and serving != owner:
+                if owner is not None and serving and serving != owner:
                     raise Forbidden(f"host {host!r} serves application {serving!r}")
             if check is not None:
                 check(values)
@@ -225,6 +266,7 @@ class Catalog:
                 body = {"snapshot_id": snapshot.snapshot_id, "hosts": {h: str(s) for h, s in stamps.items()}}
                 write += await self.journal.record(kind, body)
             if await self.kv.atomic_if(values, write):
+                self._hosts_written(hosts)
                 await self.kv.incr(self.generation_key)
                 return
         raise BackendError(self.kv.name, f"hostname write kept conflicting with concurrent writes of {hosts!r}")
@@ -236,6 +278,12 @@ class Catalog:
         incoming: dict[str, Stamp] = {}
         for host, stamp in stamps.items():
             name = _normalized([host], "hosts")[0]
+            if hostnames.version_host_conflict(name, snapshot.snapshot_id, None, snapshot.application_uid):
+                log.warning(
+                    "Replicated write skipped: %s is another snapshot's version hostname", name,
+                    extra={"fields": {"http.host": name, "zephyr.snapshot_id": snapshot.snapshot_id}},
+                )
+                continue
             incoming[name] = max(stamp, incoming.get(name, stamp))
         keys = {h: self.stamp_key(h) for h in incoming}
         for _ in range(STAMPED_WRITE_ATTEMPTS):
@@ -244,6 +292,7 @@ class Catalog:
             expect = {keys[h]: held_raw[h] for h in winners}
             if await self.kv.atomic_if(expect, self._snapshot_ops(snapshot) + self._host_ops(snapshot, winners)):
                 if winners:
+                    self._hosts_written(sorted(winners))
                     await self.kv.incr(self.generation_key)
                 return sorted(winners)
         raise BackendError(self.kv.name, f"replicated hostname write kept conflicting for {sorted(incoming)!r}")
@@ -317,6 +366,16 @@ def _owner(raw: bytes | None) -> str | None:
         return None
     try:
         return load_live_payload(raw).application_uid or None
+    except InvalidLivePayload:
+        return None
+
+
+def _snapshot_id(raw: bytes | None) -> str | None:
+    """The snapshot id of a live record (None: absent or unreadable)."""
+    if raw is None:
+        return None
+    try:
+        return load_live_payload(raw).snapshot_id or None
     except InvalidLivePayload:
         return None
 

@@ -179,3 +179,95 @@ async def test_closed_backend_raises_backend_error(tmp_path):
     with pytest.raises(BackendError, match="closed"):
         await kv.get("{t}:k")
     assert time.monotonic() - started < 1
+
+
+# --- one large value must not slow down lookups of other keys ------------------------------------
+
+BIG_VALUE_BYTES = 20 * 1024 * 1024
+#: What the lookups below may read from the database file in all (a few pages each).
+LOOKUP_READ_BUDGET = 1024 * 1024
+#: The schema of versions before the keys-apart layout.
+OLD_SCHEMA = (
+    "CREATE TABLE kv_values (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE kv_set_members (key TEXT NOT NULL, member BLOB NOT NULL, PRIMARY KEY (key, member)) WITHOUT ROWID",
+)
+
+
+def _thread_read_bytes() -> int:
+    """Bytes this thread has read through read()/pread() (Linux)."""
+    with open("/proc/thread-self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+def _fill(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    for i in range(40):
+        conn.execute("INSERT INTO kv_values (key, value) VALUES (?, ?)", (f"k{i:02d}", b"small %d" % i))
+    conn.execute("INSERT INTO kv_values (key, value) VALUES (?, ?)", ("k20-big", b"x" * BIG_VALUE_BYTES))
+    conn.executemany("INSERT INTO kv_set_members (key, member) VALUES (?, ?)", [("s", b"a"), ("s", b"b")])
+    conn.execute("COMMIT")
+
+
+def _lookup_reads(conn: sqlite3.Connection) -> int:
+    """Bytes read by lookups of missing keys (all around the large value) and small keys."""
+    from zephyr_edge.kv import local_sql
+
+    missing = [f"k{i:02d}-missing" for i in range(40)] + ["k20-bif", "k20-bih", "zzz", ""]
+    before = _thread_read_bytes()
+    assert [local_sql.get(conn, key) for key in missing] == [None] * len(missing)
+    assert [local_sql.get(conn, f"k{i:02d}") for i in range(40)] == [b"small %d" % i for i in range(40)]
+    assert local_sql.get_many(conn, ["k20-bif", "k00", "nope"]) == [None, b"small 0", None]
+    return _thread_read_bytes() - before
+
+
+@pytest.mark.skipif(not Path("/proc/thread-self/io").exists(), reason="needs Linux per-thread I/O counters")
+def test_lookups_never_read_a_large_value_of_another_key(tmp_path):
+    from zephyr_edge.kv import local_sql
+
+    conn = local_sql.connect(tmp_path)
+    try:
+        _fill(conn)
+        statements = ("SELECT value FROM kv_values WHERE key = ?", "SELECT key, value FROM kv_values WHERE key IN (?)")
+        for statement in statements:
+            plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + statement, ("k",)))
+            assert "USING INDEX" in plan and "SCAN" not in plan, plan
+        read = _lookup_reads(conn)
+        assert read < LOOKUP_READ_BUDGET, f"lookups read {read} bytes: the large value is read to compare keys"
+        assert local_sql.get(conn, "k20-big") == b"x" * BIG_VALUE_BYTES
+    finally:
+        conn.close()
+
+
+@pytest.mark.skipif(not Path("/proc/thread-self/io").exists(), reason="needs Linux per-thread I/O counters")
+async def test_a_database_of_the_earlier_layout_is_migrated_on_open(tmp_path, caplog):
+    from zephyr_edge.kv import local_sql
+
+    folder = tmp_path / "kv"
+    folder.mkdir()
+    old = sqlite3.connect(folder / local_sql.DB_FILE, isolation_level=None)
+    old.execute("PRAGMA journal_mode=WAL")
+    for statement in OLD_SCHEMA:
+        old.execute(statement)
+    _fill(old)
+    old.execute("INSERT INTO kv_values (key, value) VALUES (?, ?)", ("n", b"41"))
+    assert _lookup_reads(old) > BIG_VALUE_BYTES, "the earlier layout reads the large value (the bug this fixes)"
+    old.close()
+
+    caplog.set_level("INFO", logger="zephyr_edge.kv.local_sql")
+    async with LocalKV.open(None, worker(tmp_path)) as kv:
+        assert await kv.get("k20-big") == b"x" * BIG_VALUE_BYTES
+        assert await kv.get_many(["k00", "k39", "nope"]) == [b"small 0", b"small 39", None]
+        assert await kv.smembers("s") == {b"a", b"b"}
+        assert await kv.incr("n") == 42
+        await kv.atomic([Set("new", b"again"), SetAdd("s", [b"c"])])
+        assert await kv.get("new") == b"again" and await kv.scard("s") == 3
+    assert sum("Migrating the KV database" in r.getMessage() for r in caplog.records) == 1
+    conn = local_sql.connect(folder)
+    try:
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'kv_values'").fetchone()[0]
+        assert "WITHOUT ROWID" not in sql.upper()
+        assert conn.execute("SELECT count(*) FROM kv_values").fetchone()[0] == 43
+        assert _lookup_reads(conn) < LOOKUP_READ_BUDGET
+    finally:
+        conn.close()
+    assert sum("Migrating the KV database" in r.getMessage() for r in caplog.records) == 1, "migrated once only"

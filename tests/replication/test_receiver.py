@@ -355,3 +355,28 @@ async def test_a_file_token_is_for_one_application(worker):
     resp = await worker.client.post("/upload", params=params, data=data, headers=headers)
     assert "subject does not match" in (await answer(resp, 403))["message"]
     assert await worker.catalog.hashes("other.repo.org") == set()
+
+
+SLOW_CACHE = {"ZE_WORKER_HOST_CACHE_TTL_MS": "60000", "ZE_WORKER_INVALIDATION_POLL_MS": "60000"}
+
+
+async def test_sync_envs_is_served_by_the_receiver_at_once(backend, aiohttp_client):
+    worker = await start_sync_worker(aiohttp_client, backend, **SLOW_CACHE)
+    host = "prod-ze.example.com"
+    pages = {build: f"<p>{build}</p>".encode() for build in ("30", "31")}
+    for build, page in pages.items():
+        await answer(await worker.sync_file(page, "index.html"), 200)
+    for round_, build in enumerate(["30", "31", "30", "31"]):
+        snap = snapshot_body(build=build, files={"index.html": pages[build]})
+        resp = await worker.sync_json(protocol.SYNC_ENVS, apply_body(snap, {host: stamp(10_000 + round_)}))
+        assert (await answer(resp, 200))["applied"] == [host]
+        resp = await worker.client.get("/", headers={"Host": host})
+        assert resp.status == 200 and await resp.read() == pages[build], f"round {round_}: served the previous one"
+
+
+async def test_sync_envs_never_moves_a_version_hostname(worker):
+    evil = snapshot_body("evil.attacker.org", build="1")
+    future = version_host(f"tester-9.{APP}")
+    body = apply_body(evil, {future: stamp(5000), "evil-ze.example.com": stamp(5000)})
+    assert (await answer(await worker.sync_json(protocol.SYNC_ENVS, body), 200))["applied"] == ["evil-ze.example.com"]
+    assert await worker.catalog.live(future) is None

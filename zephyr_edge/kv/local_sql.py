@@ -6,6 +6,16 @@ key holds one or the other, ``Set``/``Delete`` replace or remove either. Writes 
 database's write lock up front (``BEGIN IMMEDIATE``), so read-modify-write operations
 (``incr``, ``set_if_absent``, ``atomic``, ``atomic_if``) are atomic across threads and processes; reads
 that span statements run in one read transaction (a consistent WAL snapshot).
+
+Layout: ``kv_values`` is a rowid table with a unique index on ``key``. A lookup searches
+that index (keys only) and reads a value only when its key is found, so one large value
+(snapshots of many MB) costs nothing to lookups of other keys. Earlier versions kept
+``kv_values`` ``WITHOUT ROWID``: there the value sat in the key's b-tree cell, and SQLite
+reads the whole cell, overflow pages included, to compare a key with it, so every lookup
+passing a 20 MB value read 20 MB. :func:`connect` migrates such a database once, in one
+write transaction (same table name and columns, so a process of the earlier version sharing
+the folder keeps working). Set members are small (hashes, host names, ids) and stay in a
+``WITHOUT ROWID`` table keyed by (key, member).
 """
 
 from __future__ import annotations
@@ -28,8 +38,9 @@ BUSY_TIMEOUT_S = 5.0
 #: Keys per ``SELECT ... IN (...)`` (SQLite limits bound parameters per statement).
 KEYS_PER_SELECT = 500
 
+#: ``kv_values`` as created by this version (``{name}``: the table's name).
+_VALUES_TABLE = "CREATE TABLE {name} (key TEXT NOT NULL UNIQUE, value BLOB NOT NULL)"
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS kv_values (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS kv_set_members (key TEXT NOT NULL, member BLOB NOT NULL, "
     "PRIMARY KEY (key, member)) WITHOUT ROWID",
 )
@@ -52,10 +63,34 @@ def connect(folder: Path) -> sqlite3.Connection:
         with _write(conn):
             for statement in _SCHEMA:
                 conn.execute(statement)
+            _ensure_values_table(conn)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _values_table_sql(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'kv_values'").fetchone()
+    return None if row is None else str(row[0])
+
+
+def _ensure_values_table(conn: sqlite3.Connection) -> None:
+    """Create ``kv_values``, or move an earlier version's ``WITHOUT ROWID`` table to the
+    current layout (inside the caller's write transaction: all or nothing)."""
+    sql = _values_table_sql(conn)
+    if sql is None:
+        conn.execute(_VALUES_TABLE.format(name="kv_values"))
+        return
+    if "without rowid" not in " ".join(sql.lower().split()):
+        return
+    count = conn.execute("SELECT count(*) FROM kv_values").fetchone()[0]
+    log.info("Migrating the KV database to the keys-apart layout (%d values)", count)
+    conn.execute("DROP TABLE IF EXISTS kv_values_migrating")
+    conn.execute(_VALUES_TABLE.format(name="kv_values_migrating"))
+    conn.execute("INSERT INTO kv_values_migrating (key, value) SELECT key, value FROM kv_values ORDER BY key")
+    conn.execute("DROP TABLE kv_values")
+    conn.execute("ALTER TABLE kv_values_migrating RENAME TO kv_values")
 
 
 @contextlib.contextmanager

@@ -6,8 +6,11 @@ Configuration: Zephyr's documented ``ZE_WORKER_S3_*`` keys (:class:`S3Options`).
   timeout ``REQUEST_TIMEOUT_MS``) and the writer (uploads; ``UPLOAD_REQUEST_TIMEOUT_MS``),
   both with ``CONNECTION_TIMEOUT_MS`` to connect. Every request holds one of
   ``MAX_SOCKETS`` slots (:mod:`~zephyr_edge.storage.s3_slots`), which logs the
-  socket-acquisition warning and bounds the queueing; every request also has an overall
-  deadline (:func:`call_deadline`), retries included.
+  socket-acquisition warning and bounds the queueing. The client's timeout is also the
+  bound of each request as a whole (:func:`call_deadline`): connecting, retries and their
+  backoff included, so a frozen server costs a request its timeout once, not once per
+  attempt; past it the request fails with
+  :class:`~zephyr_edge.errors.BackendUnavailable` (503 with ``Retry-After``).
 - ``FORCE_PATH_STYLE`` true: ``endpoint/bucket/key`` (MinIO, Ceph); false: virtual-hosted
   ``bucket.endpoint/key`` where the endpoint is a host name (AWS).
 - Objects up to :data:`PART_SIZE` are written with one PutObject; larger ones (or of
@@ -47,12 +50,11 @@ log = logging.getLogger(__name__)
 PART_SIZE = 8 * 1024 * 1024
 #: S3's limit on the number of parts of one upload.
 MAX_PARTS = 10_000
-#: Attempts per request (botocore "standard" retry mode: exponential backoff with jitter).
+#: Attempts per request (botocore "standard" retry mode: exponential backoff with jitter),
+#: all within the request's deadline (:func:`call_deadline`).
 MAX_ATTEMPTS = 3
 #: Bound on aborting a failed multipart upload.
 ABORT_TIMEOUT_S = 10.0
-#: Allowance for retry backoff in a request's overall deadline.
-BACKOFF_ALLOWANCE_S = 20.0
 #: Configuration key of the pool size, named in messages.
 MAX_SOCKETS_KEY = "ZE_WORKER_S3_MAX_SOCKETS"
 
@@ -91,10 +93,12 @@ def client_config(options: S3Options, read_timeout_ms: int) -> AioConfig:
 
 
 def call_deadline(options: S3Options, read_timeout_ms: int) -> float:
-    """Overall bound of one request, retries included: a safety net over the socket
-    timeouts (which bound each connect and each read, not the request as a whole)."""
-    per_attempt = (options.connection_timeout_ms + read_timeout_ms) / 1000
-    return MAX_ATTEMPTS * per_attempt + BACKOFF_ALLOWANCE_S
+    """Overall bound of one request: the client's timeout (``REQUEST_TIMEOUT_MS`` or
+    ``UPLOAD_REQUEST_TIMEOUT_MS``), connecting, every attempt and the backoff between
+    attempts included. The socket timeouts bound each connect and each read of one attempt;
+    botocore retries a timed-out attempt, so without this bound a silent server would cost
+    up to :data:`MAX_ATTEMPTS` times the timeout plus backoff."""
+    return read_timeout_ms / 1000
 
 
 def _without_expect_continue(client: Any) -> Any:

@@ -4,7 +4,7 @@
 
 Run from the repository root with the project's virtualenv. Starts, on 127.0.0.1 only:
 moto's S3 server (one bucket per region), one ``redis-server`` per region on a free port
-(never the shared 6379), and one worker per region (``python -m zephyr_edge.cli serve``);
+(never the shared 6379), and one worker per region (``python -m zephyr_edge serve``);
 stops every one of them at the end, whatever happens (they also get SIGTERM should this
 script die: ``PR_SET_PDEATHSIG``, through ``bench/run.py``'s ``Proc``).
 
@@ -54,7 +54,7 @@ if str(ROOT) not in sys.path:
 import aiohttp  # noqa: E402
 
 from bench import run as base  # noqa: E402  (services, uploads and data of bench/run.py)
-from zephyr_edge import hostnames, tokens  # noqa: E402
+from zephyr_edge.domain import hostnames, tokens  # noqa: E402
 
 APP_UID, EDGE_HOST, MB = base.APP_UID, base.EDGE_HOST, base.MB
 TARGET_LAG_P99_S = 1.0
@@ -117,7 +117,7 @@ class Region:
     def start(self) -> None:
         """Start the worker (again: same port, same configuration) and wait until ready."""
         self.lifetimes += 1
-        self.worker = base.Proc(f"worker-{self.name}-{self.lifetimes}", [sys.executable, "-m", "zephyr_edge.cli", "serve"],
+        self.worker = base.Proc(f"worker-{self.name}-{self.lifetimes}", [sys.executable, "-m", "zephyr_edge", "serve"],
                                 self.bench.tmp, env=self.env).start()
         base.wait_for(lambda: base.http_status(self.url + "/readyz")[0] == 200, f"worker of {self.name}", self.worker)
 
@@ -400,7 +400,7 @@ class ReplicationBench:
         proc = None
         if resync_from is not None:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "zephyr_edge.cli", "replicate", "--resync", region.url,
+                sys.executable, "-m", "zephyr_edge", "replicate", "--resync", region.url,
                 env=resync_from.env, cwd=str(ROOT), stdin=subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             )

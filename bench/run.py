@@ -4,7 +4,7 @@
 
 Run from the repository root with the project's virtualenv. Starts, on 127.0.0.1 only:
 moto's S3 server, a dedicated ``redis-server`` on a free port, the worker
-(``python -m zephyr_edge.cli serve``, one process) and a bare aiohttp server
+(``python -m zephyr_edge serve``, one process) and a bare aiohttp server
 (``bench/bare_server.py``); stops every one of them at the end, whatever happens (and
 they get SIGTERM should this script die: ``PR_SET_PDEATHSIG``).
 
@@ -70,8 +70,8 @@ from botocore.exceptions import ClientError  # noqa: E402
 from botocore.handlers import add_expect_header  # noqa: E402
 
 from zephyr_edge import __version__ as ZE_VERSION  # noqa: E402
-from zephyr_edge import hostnames, tokens  # noqa: E402
-from zephyr_edge.assets import asset_hash, storage_key  # noqa: E402
+from zephyr_edge.domain import hostnames, tokens  # noqa: E402
+from zephyr_edge.domain.assets import asset_hash, storage_key  # noqa: E402
 
 APP_UID = "bench-app.zephyr-edge.bench"
 EDGE_HOST = "ze.bench.test"
@@ -539,9 +539,9 @@ async def publish(worker: Worker, snapshot_id: str, files: dict[str, UploadFile]
 
 
 async def publish_direct(snapshot_id: str, files: dict[str, UploadFile], env: dict[str, str]) -> str:
-    from zephyr_edge import config as cfg
-    from zephyr_edge.records import Catalog
-    from zephyr_edge.snapshot import parse_snapshot
+    from zephyr_edge.settings import config as cfg
+    from zephyr_edge.catalog.records import Catalog
+    from zephyr_edge.domain.snapshot import parse_snapshot
 
     conf = cfg.load(env)
     host = hostnames.version_host(snapshot_id, EDGE_HOST, "-")
@@ -812,7 +812,7 @@ class Bench:
             "ZE_WORKER_CACHE_SIZE_MB": str(self.args.cache_mb),
         })
         self.worker_env.pop("ZE_WORKER_CONFIG_JSON", None)
-        self.worker_proc = Proc("worker", [sys.executable, "-m", "zephyr_edge.cli", "serve"], self.tmp,
+        self.worker_proc = Proc("worker", [sys.executable, "-m", "zephyr_edge", "serve"], self.tmp,
                                 env=self.worker_env, cpus=self.server_cpus).start()
         self.worker = Worker(int(self.worker_env["ZE_WORKER_PORT"]),
                              tokens.mint(self.secret, APP_UID, ttl_s=6 * 3600))

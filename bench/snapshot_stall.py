@@ -116,7 +116,7 @@ def main() -> int:
             "ZE_WORKER_DATA_DIR": data, "ZE_WORKER_PORT": str(port), "ZE_WORKER_LISTEN_HOST": "127.0.0.1",
             "ZE_WORKER_LOG_LEVEL": "warn", "ZE_WORKER_MAX_SNAPSHOT_ASSETS": str(args.assets),
         }
-        worker = subprocess.Popen([sys.executable, "-m", "zephyr_edge.cli", "serve"], env=env, cwd=ROOT,
+        worker = subprocess.Popen([sys.executable, "-m", "zephyr_edge", "serve"], env=env, cwd=ROOT,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + START_TIMEOUT_S

@@ -20,10 +20,10 @@ import coredis
 import pytest
 
 from tests.services import free_port
-from zephyr_edge import config
-from zephyr_edge.hostnames import version_host
-from zephyr_edge.records import Catalog
-from zephyr_edge.snapshot import Snapshot, parse_snapshot
+from zephyr_edge.settings import config
+from zephyr_edge.domain.hostnames import version_host
+from zephyr_edge.catalog.records import Catalog
+from zephyr_edge.domain.snapshot import Snapshot, parse_snapshot
 
 SCRIPT = str(Path(sys.executable).with_name("zephyr-edge"))
 JWT_SECRET = "jwt-secret-admin-0123456789abcdef01234567"

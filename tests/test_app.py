@@ -11,8 +11,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from zephyr_edge import app as zapp
-from zephyr_edge import config, server, tokens
+from zephyr_edge.http import app as zapp
+from zephyr_edge.cli import runner
+from zephyr_edge.domain import tokens
+from zephyr_edge.settings import config
 from zephyr_edge.errors import (
     BackendError,
     BackendUnavailable,
@@ -22,7 +24,7 @@ from zephyr_edge.errors import (
     NotFound,
     PayloadTooLarge,
 )
-from zephyr_edge.redaction import Redactor
+from zephyr_edge.settings.redaction import Redactor
 from tests.services import free_port
 
 SECRET = "jwt-secret-0123456789abcdef0123456789"
@@ -93,7 +95,7 @@ async def test_errors_become_json_answers(errors_client, caplog, path, status, c
     assert SECRET not in text and "Traceback" not in text
     if status == 500:
         assert body["message"] == zapp.INTERNAL_MESSAGE
-        assert any(r.exc_info for r in caplog.records if r.name == "zephyr_edge.app"), "500s are logged with a traceback"
+        assert any(r.exc_info for r in caplog.records if r.name == "zephyr_edge.http.app"), "500s are logged with a traceback"
     if status == 503:
         assert resp.headers["Retry-After"] == str(zapp.RETRY_AFTER_S)
         assert body["message"] == "s3 backend unavailable, retry later"
@@ -140,7 +142,7 @@ async def test_graceful_drain_finishes_in_flight_requests(tmp_path):
 
     app.router.add_get("/slow", slow)
     stop, listening = asyncio.Event(), asyncio.Event()
-    runner = asyncio.create_task(server.run(cfg, listening.set, app=app, stop=stop))
+    serving = asyncio.create_task(runner.run(cfg, listening.set, app=app, stop=stop))
     await asyncio.wait_for(listening.wait(), 10)
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as session:
@@ -150,7 +152,7 @@ async def test_graceful_drain_finishes_in_flight_requests(tmp_path):
         stop.set()
         resp = await asyncio.wait_for(in_flight, 10)
         assert resp.status == 200 and await resp.json() == {"done": True}
-        await asyncio.wait_for(runner, 10)
+        await asyncio.wait_for(serving, 10)
         assert time.monotonic() - started < 5
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientConnectionError):
@@ -171,14 +173,14 @@ async def test_shutdown_grace_bounds_the_drain(tmp_path):
 
     app.router.add_get("/stuck", stuck)
     stop, listening = asyncio.Event(), asyncio.Event()
-    runner = asyncio.create_task(server.run(cfg, listening.set, app=app, stop=stop))
+    serving = asyncio.create_task(runner.run(cfg, listening.set, app=app, stop=stop))
     await asyncio.wait_for(listening.wait(), 10)
     async with aiohttp.ClientSession() as session:
         in_flight = asyncio.create_task(session.get(f"http://127.0.0.1:{port}/stuck"))
         await asyncio.wait_for(entered.wait(), 5)
         started = time.monotonic()
         stop.set()
-        await asyncio.wait_for(runner, 10)
+        await asyncio.wait_for(serving, 10)
         assert time.monotonic() - started < 3
         with pytest.raises(aiohttp.ClientError):
             await asyncio.wait_for(in_flight, 5)

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from zephyr_edge import assets
+from zephyr_edge.domain import assets
 from zephyr_edge.errors import BadRequest
 
 # Expected digests computed outside Python with coreutils, e.g.
@@ -22,7 +22,7 @@ H = "0123456789abcdef" * 4
 
 def reference(body: bytes, filename: str) -> str:
     """The hash rule written out as ``zephyr-agent`` computes it (see the docstring of
-    ``zephyr_edge.assets``), independently of the code under test."""
+    ``zephyr_edge.domain.assets``), independently of the code under test."""
     p = filename.encode()
     h = hashlib.sha256(body or p)
     h.update(p)

@@ -11,11 +11,13 @@ import jwt
 import pytest
 from aiohttp import web
 
-from zephyr_edge import auth, config, tokens
-from zephyr_edge.app import error_middleware
+from zephyr_edge.domain import tokens
+from zephyr_edge.http import auth
+from zephyr_edge.settings import config
+from zephyr_edge.http.app import error_middleware
 from zephyr_edge.errors import Forbidden
-from zephyr_edge.keys import CONFIG_KEY, REDACTOR_KEY
-from zephyr_edge.redaction import Redactor
+from zephyr_edge.http.appkeys import CONFIG_KEY, REDACTOR_KEY
+from zephyr_edge.settings.redaction import Redactor
 
 SECRET = "auth-test-jwt-secret-0123456789abcdef0123"
 APP = "web.repo.org"
@@ -137,7 +139,7 @@ async def test_http_refusals_are_403_never_401(client, caplog, name):
     assert resp.status == 403, text
     body = json.loads(text)
     assert body["error"] == "forbidden" and reason in body["message"]
-    refused = [r for r in caplog.records if r.name == "zephyr_edge.app"]
+    refused = [r for r in caplog.records if r.name == "zephyr_edge.http.app"]
     assert refused and refused[0].levelno == logging.INFO and reason in refused[0].getMessage()
     if token and token.strip():
         assert token not in text

@@ -13,16 +13,17 @@ import time
 import aiohttp
 import pytest
 
-from zephyr_edge import compression, hostcache, hostnames
-from zephyr_edge.app import make_app
-from zephyr_edge.cache import ENTRY_OVERHEAD_BYTES, ByteLRU, SingleFlight
-from zephyr_edge.compression import GZIP, Codec, negotiate
+from zephyr_edge.domain import hostnames
+from zephyr_edge.http.serving import compression, hostcache
+from zephyr_edge.http.app import make_app
+from zephyr_edge.http.serving.cache import ENTRY_OVERHEAD_BYTES, ByteLRU, SingleFlight
+from zephyr_edge.http.serving.compression import GZIP, Codec, negotiate
 from zephyr_edge.errors import BackendUnavailable
-from zephyr_edge.hostcache import HostCache, is_version_host, watch_generation
+from zephyr_edge.http.serving.hostcache import HostCache, is_version_host, watch_generation
 from zephyr_edge.kv.local import LocalKV
-from zephyr_edge.records import Catalog
-from zephyr_edge.routes import Route, etag_matches
-from zephyr_edge.snapshot import Asset
+from zephyr_edge.catalog.records import Catalog
+from zephyr_edge.http.serving.variants import Route, etag_matches
+from zephyr_edge.domain.snapshot import Asset
 from tests.serve_support import (
     APP,
     CountingCalls,

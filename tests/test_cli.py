@@ -19,7 +19,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from zephyr_edge import tokens
+from zephyr_edge.domain import tokens
 from tests.backends_support import REQUIRED_KEYS
 from tests.services import free_port
 
@@ -422,7 +422,7 @@ def test_access_log_follows_its_key(tmp_path, workers):
 
 
 def test_serve_refuses_the_shipped_example_config(tmp_path):
-    from zephyr_edge.config import strip_jsonc
+    from zephyr_edge.settings.config import strip_jsonc
 
     example = Path(__file__).resolve().parent.parent / "deploy" / "systemd" / "config.example.json"
     placeholder = json.loads(strip_jsonc(example.read_text(encoding="utf-8")))["ZE_WORKER_JWT_SECRET"]
@@ -448,7 +448,7 @@ def test_a_short_jwt_secret_is_warned_about_at_start(tmp_path, workers):
 
 
 def test_every_subcommand_and_option_is_described():
-    from zephyr_edge.cli import build_parser
+    from zephyr_edge.cli.main import build_parser
 
     parser = build_parser()
     (sub,) = [a for a in parser._actions if a.dest == "command"]
@@ -486,7 +486,7 @@ def http(url: str, method: str = "GET", host: str | None = None, data: bytes | N
 
 def test_dev_banner_and_admin_commands_on_the_dev_data(tmp_path, workers):
     from tests.upload_support import snapshot_body
-    from zephyr_edge.assets import asset_hash
+    from zephyr_edge.domain.assets import asset_hash
 
     port, app = free_port(), "shop.web.acme"
     worker = workers(["dev", "--port", str(port), "--app", app], clean_env(), tmp_path, port)

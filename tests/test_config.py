@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from zephyr_edge import config
+from zephyr_edge.settings import config
 from zephyr_edge.errors import ConfigError
 from tests.backends_support import REQUIRED_KEYS
 
@@ -391,7 +391,7 @@ def test_a_short_jwt_secret_is_warned_about(secret, warned):
 
 
 def test_the_secret_dev_mode_generates_is_long_enough_not_to_be_warned_about(tmp_path):
-    from zephyr_edge import devmode
+    from zephyr_edge.cli import devmode
 
     env = {"ZE_WORKER_DATA_DIR": str(tmp_path / "data")}
     overrides, _ = devmode.overrides(config.gather(env))

@@ -1,6 +1,6 @@
 """Slow and idle connections are closed within their configured bounds
 (``ZE_WORKER_HEADER_TIMEOUT_MS``, ``ZE_WORKER_KEEPALIVE_TIMEOUT_MS``) while other requests
-are served: a real worker (:func:`zephyr_edge.server.run`, as ``zephyr-edge serve`` runs
+are served: a real worker (:func:`zephyr_edge.cli.runner.run`, as ``zephyr-edge serve`` runs
 it) on loopback, driven with raw sockets."""
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from zephyr_edge import config, connections, server
+from zephyr_edge.cli import runner
+from zephyr_edge.http import connections
+from zephyr_edge.settings import config
 from tests.services import free_port
 
 HEADER_TIMEOUT_S = 0.5
@@ -39,7 +41,7 @@ async def running_worker(tmp_path, **extra: str) -> AsyncIterator[int]:
         **extra,
     })
     stop, listening = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(server.run(cfg, listening.set, stop=stop))
+    task = asyncio.create_task(runner.run(cfg, listening.set, stop=stop))
     try:
         async with asyncio.timeout(WAIT_S):
             await listening.wait()
@@ -159,7 +161,7 @@ async def test_a_prompt_client_keeps_its_connection(tmp_path):
 
 async def test_a_slow_body_is_not_cut_by_the_header_bound(tmp_path):
     """Only the head is bounded here: body bytes arriving while a request is handled start
-    no timer (bodies have their own bounds in zephyr_edge.bodies)."""
+    no timer (bodies have their own bounds in zephyr_edge.http.bodies)."""
     async with running_worker(tmp_path) as port:
         reader, writer = await connect(port)
         try:

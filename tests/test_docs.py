@@ -9,7 +9,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from zephyr_edge import config, plugins
+from zephyr_edge import plugins
+from zephyr_edge.settings import config
 
 from tests.deploy.support import config_problems, filled_in
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from zephyr_edge import hostnames
+from zephyr_edge.domain import hostnames
 from tests.backends_support import ACCESS_KEY, SECRET_KEY, empty_bucket, s3_client
 from tests.services import MotoServer
 from tests.upload_support import Backend, snapshot_body, start_worker

@@ -26,9 +26,9 @@ from urllib.parse import quote
 import jwt
 import pytest
 
-from zephyr_edge import tokens
-from zephyr_edge.app import make_app
-from zephyr_edge.assets import asset_hash
+from zephyr_edge.domain import tokens
+from zephyr_edge.http.app import make_app
+from zephyr_edge.domain.assets import asset_hash
 from zephyr_edge.replication import protocol, synctoken
 from tests.upload_support import (
     APP, OTHER_APP, SECRET, Worker, load_config, local_backend, s3_redis_backend, s3_session, snapshot_body, token,

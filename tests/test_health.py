@@ -12,11 +12,12 @@ import attrs
 import pytest
 from aiobotocore.session import get_session
 
-from zephyr_edge import config, health
-from zephyr_edge.app import make_app
+from zephyr_edge.http import health
+from zephyr_edge.settings import config
+from zephyr_edge.http.app import make_app
 from zephyr_edge.errors import BackendError
 from zephyr_edge.kv.redis import RedisKV
-from zephyr_edge.redaction import Redactor
+from zephyr_edge.settings.redaction import Redactor
 from zephyr_edge.storage.s3 import S3Storage
 from tests.services import RedisCluster, RedisServer, free_port
 

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from zephyr_edge import hostnames
-from zephyr_edge.config import WorkerConfig
+from zephyr_edge.domain import hostnames
+from zephyr_edge.settings.config import WorkerConfig
 from zephyr_edge.errors import ConfigError
 
 # (snapshot_id, label): expected labels computed outside Python with coreutils:

@@ -20,8 +20,8 @@ import pytest
 
 from tests.e2e.worker import S3Bucket, WorkerProcess, worker_env
 from tests.services import free_port
-from zephyr_edge import tokens
-from zephyr_edge.assets import asset_hash
+from zephyr_edge.domain import tokens
+from zephyr_edge.domain.assets import asset_hash
 
 JWT_SECRET = "log-hygiene-jwt-secret-0123456789abcdef"
 S3_ACCESS_KEY, S3_SECRET_KEY, REDIS_PASSWORD = "test", "a", "redis"

@@ -14,9 +14,10 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.test_utils import TestServer
 
-from zephyr_edge import logs, tokens
-from zephyr_edge.config import LogLevel
-from zephyr_edge.redaction import Redactor
+from zephyr_edge.cli import logs
+from zephyr_edge.domain import tokens
+from zephyr_edge.settings.config import LogLevel
+from zephyr_edge.settings.redaction import Redactor
 
 SECRET = "jwt-secret-0123456789abcdef0123456789"
 
@@ -47,13 +48,13 @@ def lines(buffer: io.StringIO) -> list[dict]:
 
 def test_documented_fields(capture):
     buffer = capture()
-    logging.getLogger("zephyr_edge.server").info("Worker listening", extra={"fields": {"server.port": 8080}})
+    logging.getLogger("zephyr_edge.cli.runner").info("Worker listening", extra={"fields": {"server.port": 8080}})
     (line,) = lines(buffer)
     assert line["level"] == "info"
     assert line["service"] == "ze-k8s-workers"
     assert line["replica"] == "primary"
     assert line["message"] == "Worker listening"
-    assert line["logger"] == "zephyr_edge.server"
+    assert line["logger"] == "zephyr_edge.cli.runner"
     assert line["server.port"] == 8080
     stamp = dt.datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00"))
     assert stamp.utcoffset() == dt.timedelta(0)

@@ -14,8 +14,8 @@ import aiohttp
 import jwt
 import pytest
 
-from zephyr_edge import hostnames
-from zephyr_edge.records import Catalog
+from zephyr_edge.domain import hostnames
+from zephyr_edge.catalog.records import Catalog
 
 from tests.serve_support import (
     APP, SECRET, WorkerProcess, create_bucket, deploy, load_config, local_backend, remove_everything, s3_redis_backend,

@@ -16,13 +16,14 @@ import attrs
 import coredis
 import pytest
 
-from zephyr_edge import config, hostnames
+from zephyr_edge.domain import hostnames
+from zephyr_edge.settings import config
 from zephyr_edge.errors import BadRequest, Forbidden, NotFound
 from zephyr_edge.kv.base import KV, Op
-from zephyr_edge.records import Catalog, VersionHostTaken
+from zephyr_edge.catalog.records import Catalog, VersionHostTaken
 from zephyr_edge.replication import outbox
-from zephyr_edge.snapshot import parse_snapshot
-from zephyr_edge.stamps import Stamp
+from zephyr_edge.domain.snapshot import parse_snapshot
+from zephyr_edge.domain.stamps import Stamp
 from tests.upload_support import snapshot_body
 
 APP = "web.repo.org"

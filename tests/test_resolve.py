@@ -1,10 +1,10 @@
-"""Path-to-asset resolution (``zephyr_edge.resolve``) and Range parsing (RFC 9110 section 14)."""
+"""Path-to-asset resolution (``zephyr_edge.http.serving.resolve``) and Range parsing (RFC 9110 section 14)."""
 
 from __future__ import annotations
 
 import pytest
 
-from zephyr_edge.resolve import RangeNotSatisfiable, decode_path, parse_range, resolve_path
+from zephyr_edge.http.serving.resolve import RangeNotSatisfiable, decode_path, parse_range, resolve_path
 
 ASSETS = {
     "index.html": "INDEX",

@@ -1,4 +1,4 @@
-"""Serving applications (``zephyr_edge.serve``) on real backends: local files + SQLite, and S3 on
+"""Serving applications (``zephyr_edge.http.serving.handler``) on real backends: local files + SQLite, and S3 on
 moto + Redis. Deployments are seeded through the Catalog and storage directly."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import zlib
 import aiohttp
 import pytest
 
-from zephyr_edge import compression, serve
-from zephyr_edge.app import make_app
-from zephyr_edge.assets import asset_hash, storage_key
+from zephyr_edge.http.serving import compression, handler
+from zephyr_edge.http.app import make_app
+from zephyr_edge.domain.assets import asset_hash, storage_key
 from zephyr_edge.errors import BackendError, BackendUnavailable
 from zephyr_edge.storage.base import CHUNK_SIZE
 from tests.serve_support import (
@@ -594,7 +594,7 @@ async def test_storage_failure_after_headers_cuts_the_connection(make_site, capl
     site = await make_site(ZE_WORKER_CACHE_MAX_ASSET_KB="64")
     host = version_host_of(await site.deploy("1", {"index.html": INDEX_V1, "assets/big.bin": BIG}))
     blobs = _wrap_get(site.storage, delay=0, fail_after=1)
-    caplog.set_level(logging.ERROR, logger=serve.__name__)
+    caplog.set_level(logging.ERROR, logger=handler.__name__)
     resp = await site.client.get("/assets/big.bin", headers={"Host": host})
     assert resp.status == 200
     with pytest.raises(aiohttp.ClientPayloadError):
@@ -606,11 +606,11 @@ async def test_storage_failure_after_headers_cuts_the_connection(make_site, capl
 
 
 async def test_a_stalled_stream_is_cut_after_its_bound(make_site, monkeypatch, caplog):
-    monkeypatch.setattr(serve, "CHUNK_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(handler, "CHUNK_TIMEOUT_S", 0.3)
     site = await make_site(ZE_WORKER_CACHE_MAX_ASSET_KB="64")
     host = version_host_of(await site.deploy("1", {"index.html": INDEX_V1, "assets/big.bin": BIG}))
     blobs = _wrap_get(site.storage, delay=0, fail_after=1, hang=True)
-    caplog.set_level(logging.ERROR, logger=serve.__name__)
+    caplog.set_level(logging.ERROR, logger=handler.__name__)
     started = time.monotonic()
     resp = await site.client.get("/assets/big.bin", headers={"Host": host})
     with pytest.raises(aiohttp.ClientPayloadError):

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from zephyr_edge.errors import BadRequest
-from zephyr_edge.snapshot import (
+from zephyr_edge.domain.snapshot import (
     Asset,
     EnvsPayload,
     InvalidLivePayload,

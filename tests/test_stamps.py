@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from zephyr_edge.stamps import InvalidStamp, Stamp, newer, next_stamp
+from zephyr_edge.domain.stamps import InvalidStamp, Stamp, newer, next_stamp
 
 
 def test_order_is_time_then_replica():

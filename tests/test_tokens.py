@@ -7,7 +7,7 @@ import time
 import jwt
 import pytest
 
-from zephyr_edge import tokens
+from zephyr_edge.domain import tokens
 from zephyr_edge.errors import Forbidden
 
 SECRET = "jwt-secret-" + "0123456789abcdef" * 4  # 74 bytes: long enough for HS512 too

@@ -14,9 +14,11 @@ import tracemalloc
 import pytest
 
 import zephyr_edge
-from zephyr_edge import bodies, hostnames, upload
-from zephyr_edge.app import make_app
-from zephyr_edge.assets import AssetHasher, asset_hash
+from zephyr_edge.domain import hostnames
+from zephyr_edge.http import bodies
+from zephyr_edge.http.ingest import upload
+from zephyr_edge.http.app import make_app
+from zephyr_edge.domain.assets import AssetHasher, asset_hash
 from zephyr_edge.storage.testing.data import Generated, MiB
 from tests.upload_support import (
     APP, OTHER_APP, Worker, bad_tokens, chunked, ingest_backend, load_config, local_backend, production_server,
@@ -95,7 +97,7 @@ async def test_file_is_stored_by_hash_then_listed(worker, filename, caplog):
     assert await resp.json() == {"status": "ok", "hash": digest, "size": len(data), "already_stored": False}
     assert await worker.stored(digest) == data
     assert await worker.catalog.hashes(APP) == {digest}
-    records = [r for r in caplog.records if r.name == "zephyr_edge.upload" and r.getMessage() == "Asset stored"]
+    records = [r for r in caplog.records if r.name == "zephyr_edge.http.ingest.upload" and r.getMessage() == "Asset stored"]
     assert len(records) == 1 and records[0].levelno == logging.INFO
     fields = records[0].fields
     assert fields["zephyr.application_uid"] == APP and fields["zephyr.asset.hash"] == digest
@@ -207,7 +209,7 @@ async def test_client_disconnect_mid_body_stores_nothing(backend, caplog):
     """A client that goes away mid-body (the agent's 30 s deadline) leaves nothing behind and
     no error in the log. Served as in production (aiohttp's test server cancels handlers
     on disconnect instead)."""
-    caplog.set_level(logging.DEBUG, logger="zephyr_edge.app")
+    caplog.set_level(logging.DEBUG, logger="zephyr_edge.http.app")
     body = b"".join([c async for c in Generated(20 * MiB, seed=5).chunks()])
     digest = asset_hash(body, "big.bin")
     async with production_server(make_app(load_config(backend))) as port:
@@ -229,7 +231,7 @@ async def test_client_disconnect_mid_body_stores_nothing(backend, caplog):
 
 
 async def test_idempotent_reupload(worker, caplog):
-    caplog.set_level(logging.INFO, logger="zephyr_edge.upload")
+    caplog.set_level(logging.INFO, logger="zephyr_edge.http.ingest.upload")
     data = b"a" * 5000
     digest = asset_hash(data, "a.js")
     first = await (await worker.upload_file(data, "a.js")).json()
@@ -622,7 +624,7 @@ async def test_health_answers_while_a_large_snapshot_is_validated(worker, monkey
     """A snapshot of many thousands of assets takes seconds to validate; the event loop
     must keep answering meanwhile. Validation here waits until /healthz has answered: on
     the loop itself it would wait in vain."""
-    from zephyr_edge import snapshot as snapshot_module
+    from zephyr_edge.domain import snapshot as snapshot_module
 
     validating, answered = threading.Event(), threading.Event()
     real = snapshot_module.snapshot_from_object

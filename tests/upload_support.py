@@ -18,12 +18,13 @@ import attrs
 import coredis
 import jwt
 
-from zephyr_edge import config, tokens
-from zephyr_edge.app import make_app
-from zephyr_edge.assets import asset_hash, extension, storage_key
-from zephyr_edge.keys import CATALOG_KEY, STORAGE_KEY
+from zephyr_edge.domain import tokens
+from zephyr_edge.settings import config
+from zephyr_edge.http.app import make_app
+from zephyr_edge.domain.assets import asset_hash, extension, storage_key
+from zephyr_edge.http.appkeys import CATALOG_KEY, STORAGE_KEY
 from zephyr_edge.kv import local_sql
-from zephyr_edge.records import Catalog
+from zephyr_edge.catalog.records import Catalog
 from zephyr_edge.storage.base import Storage
 
 from tests.backends_support import delete_tagged_keys, empty_bucket, local_env, s3_client, s3_redis_env

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from zephyr_edge import config as cfg
+from zephyr_edge.settings import config as cfg
 
 from tests.deploy.support import raw_values, secret_keys, shipped_config
 

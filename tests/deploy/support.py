@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from zephyr_edge import config as cfg
-from zephyr_edge import health
+from zephyr_edge.settings import config as cfg
+from zephyr_edge.http import health
 from tests import requirements
 from zephyr_edge.errors import ConfigError
 
@@ -109,7 +109,7 @@ def shipped_config(text: str) -> cfg.Config:
 
 def probe_routes(config: cfg.Config) -> dict[str, str]:
     """``{"liveness": path, "readiness": path}`` from the router of the real app."""
-    from zephyr_edge.app import make_app
+    from zephyr_edge.http.app import make_app
 
     app = make_app(config)
     paths = {}

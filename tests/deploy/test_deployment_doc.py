@@ -9,7 +9,7 @@ import re
 import attrs
 import pytest
 
-from zephyr_edge import config as cfg
+from zephyr_edge.settings import config as cfg
 from zephyr_edge import plugins
 
 from tests.deploy.support import DEPLOYMENT_DOC, REPO

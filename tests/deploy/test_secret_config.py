@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from zephyr_edge import config as cfg
+from zephyr_edge.settings import config as cfg
 from zephyr_edge import plugins
 
 from tests.deploy import config_checks

@@ -1,7 +1,7 @@
 """A RECORDING FAKE of the edge worker, for the e2e harness's own tests only.
 
 ``RecordingEdge`` is a test double of zephyr_edge's write side: just enough of
-the upload API (hash list, ``/upload`` of files, snapshot and envs; ``zephyr_edge.upload``) for the
+the upload API (hash list, ``/upload`` of files, snapshot and envs; ``zephyr_edge.http.ingest.upload``) for the
 real ``zephyr-agent`` to complete a deploy, recording every request it receives (method,
 path, query, headers, body size and sha256, timing). It exists to prove the harness in
 ``tests/e2e/agent.py`` and to observe the agents' wire traffic (``WIRE.md``). It is NOT the
@@ -40,7 +40,7 @@ def asset_hash(filename: str, body: bytes) -> str:
 
 
 def version_label(snapshot_id: str) -> str:
-    """The version hostname's label for a snapshot id (as ``zephyr_edge.hostnames.version_label``)."""
+    """The version hostname's label for a snapshot id (as ``zephyr_edge.domain.hostnames.version_label``)."""
     slug = snapshot_id.replace(".", "-")
     return slug[:49] + "-" + hashlib.sha256(slug.encode()).hexdigest()[:9]
 

@@ -68,8 +68,8 @@ from yarl import URL
 
 from tests.e2e.worker import Fetched, S3Bucket, WorkerProcess, open_catalog, worker_env
 from tests.services import RedisServer, free_port
-from zephyr_edge import hostnames, tokens
-from zephyr_edge.records import Catalog
+from zephyr_edge.domain import hostnames, tokens
+from zephyr_edge.catalog.records import Catalog
 from zephyr_edge.replication import protocol
 
 T = TypeVar("T")
@@ -605,7 +605,7 @@ class Regions:
 
 
 def asset_hash(filename: str, body: bytes) -> str:
-    """The asset hash as ``zephyr-agent`` computes it (see ``zephyr_edge.assets``)."""
+    """The asset hash as ``zephyr-agent`` computes it (see ``zephyr_edge.domain.assets``)."""
     p = filename.encode("utf-8")
     h = hashlib.sha256(body or p)
     h.update(p)
@@ -613,7 +613,7 @@ def asset_hash(filename: str, body: bytes) -> str:
 
 
 def make_snapshot(application_uid: str, snapshot_id: str, files: Mapping[str, bytes]) -> dict[str, Any]:
-    """A Snapshot JSON (as the agent uploads it, see ``zephyr_edge.snapshot``) of ``files`` (path -> bytes)."""
+    """A Snapshot JSON (as the agent uploads it, see ``zephyr_edge.domain.snapshot``) of ``files`` (path -> bytes)."""
 
     def ext(path: str) -> str:
         name = path.rsplit("/", 1)[-1]

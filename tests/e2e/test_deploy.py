@@ -47,17 +47,17 @@ from tests.e2e.agent import (
     sample_app_files,
 )
 from tests.e2e.worker import S3Bucket, WorkerProcess, drop_redis_keys, open_catalog, start_worker
-from zephyr_edge import tokens
-from zephyr_edge.assets import storage_key
-from zephyr_edge.hostnames import version_label
-from zephyr_edge.snapshot import Snapshot
+from zephyr_edge.domain import tokens
+from zephyr_edge.domain.assets import storage_key
+from zephyr_edge.domain.hostnames import version_label
+from zephyr_edge.domain.snapshot import Snapshot
 
 SECRET = "e2e-worker-jwt-secret-0123456789abcdef"
 #: The file changed by the second deploy (same name, new bytes).
 CHANGED = "assets/main-3f2a1c.js"
 CHANGED_BYTES = b"import './vendor.js';\ndocument.getElementById('app').textContent = 'second deploy';\n"
 ENV_HOST = "staging.e2e-app.example.test"
-#: Cache-Control of HTML and manifests, and of hashed assets on a version host (``zephyr_edge.routes``)
+#: Cache-Control of HTML and manifests, and of hashed assets on a version host (``zephyr_edge.http.serving.variants``)
 NO_CACHE = "no-cache"
 IMMUTABLE = "public, max-age=31536000, immutable"
 #: Bound of the wait for a publish to reach the serving path (invalidation poll: 250 ms).

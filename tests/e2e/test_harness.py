@@ -1,6 +1,6 @@
 """Self-tests of the e2e harness: real ``zephyr-agent`` 1.2.2 and 1.0.1 deploy the sample app
 to the RECORDING FAKE worker (``tests/e2e/recorder.py``), and the recorded wire traffic is
-checked against the upload API (``zephyr_edge.upload``). ``WIRE.md`` documents what these tests observe.
+checked against the upload API (``zephyr_edge.http.ingest.upload``). ``WIRE.md`` documents what these tests observe.
 """
 
 from __future__ import annotations

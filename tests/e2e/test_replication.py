@@ -52,11 +52,11 @@ from tests.e2e.regions import (
     version_host,
     wait_until,
 )
-from zephyr_edge import tokens
-from zephyr_edge.assets import storage_key
+from zephyr_edge.domain import tokens
+from zephyr_edge.domain.assets import storage_key
 from zephyr_edge.replication import protocol, synctoken
-from zephyr_edge.snapshot import Snapshot
-from zephyr_edge.stamps import Stamp
+from zephyr_edge.domain.snapshot import Snapshot
+from zephyr_edge.domain.stamps import Stamp
 
 SECRET = "e2e-replication-jwt-secret-0123456789abcdef"
 AGENT = "1.2.2"
@@ -198,7 +198,7 @@ async def test_agent_deploy_is_served_by_every_region(agents, regions, tmp_path)
     uid, sid = app.application_uid, f"tester-{stub.build_ids[0]}.{app.application_uid}"
     host = urlsplit(res.version_url or "").hostname
     assert host == version_host(sid), res.version_url
-    # the replication startup lines (``zephyr_edge.server.log_startup``), in every worker of every region
+    # the replication startup lines (``zephyr_edge.cli.runner.log_startup``), in every worker of every region
     for region in (a, b, c):
         peers = sorted(r.url for r in (a, b, c) if r is not region)
         for worker in region.workers:
@@ -541,7 +541,7 @@ async def test_sync_requests_idempotent_authenticated_never_forwarded(regions):
 
 
 def _parsed(snapshot_json: dict) -> Snapshot:
-    from zephyr_edge.snapshot import parse_snapshot
+    from zephyr_edge.domain.snapshot import parse_snapshot
 
     return parse_snapshot(json.dumps(snapshot_json).encode(), None)
 

@@ -34,8 +34,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from tests.services import free_port
-from zephyr_edge import config
-from zephyr_edge.records import Catalog
+from zephyr_edge.settings import config
+from zephyr_edge.catalog.records import Catalog
 
 SCRIPT = str(Path(sys.executable).with_name("zephyr-edge"))
 START_TIMEOUT_S = 30.0

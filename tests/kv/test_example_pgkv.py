@@ -24,7 +24,8 @@ import pytest_asyncio
 
 from tests import requirements
 from tests.services import free_port
-from zephyr_edge import config, plugins
+from zephyr_edge import plugins
+from zephyr_edge.settings import config
 from zephyr_edge.errors import BackendUnavailable, ConfigError, PluginNotFound
 from zephyr_edge.kv.base import Set
 from zephyr_edge.kv.testing import KeyFactory, KVConformance

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from tests.services import RedisCluster, RedisServer, free_port
-from zephyr_edge import config
+from zephyr_edge.settings import config
 from zephyr_edge.errors import BackendError, BackendUnavailable, ConfigError
 from zephyr_edge.kv.base import Set, SetAdd
 from zephyr_edge.kv.redis import RedisClusterKV, RedisKV
@@ -303,8 +303,8 @@ async def test_refused_credentials_answer_503_on_data_requests(auth_server, aioh
     """A wrong password (or an ACL user without the needed commands) is an outage like any
     other: 503 with Retry-After on every data request, never ``500 backend_error``; the
     liveness route still answers."""
-    from zephyr_edge import tokens
-    from zephyr_edge.app import make_app
+    from zephyr_edge.domain import tokens
+    from zephyr_edge.http.app import make_app
 
     limited_password = "limited-" + SECRET
     assert auth_server._cli("ACL", "SETUSER", "ze-limited", "on", f">{limited_password}", "~*", "+ping") == "OK"

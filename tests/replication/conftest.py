@@ -24,13 +24,13 @@ import pytest_asyncio
 
 from tests.backends_support import delete_tagged_keys, local_env
 from tests.upload_support import Backend, Worker, load_config
-from zephyr_edge.app import make_app
-from zephyr_edge.assets import asset_hash
-from zephyr_edge.keys import CATALOG_KEY, CONFIG_KEY, KV_KEY
+from zephyr_edge.http.app import make_app
+from zephyr_edge.domain.assets import asset_hash
+from zephyr_edge.http.appkeys import CATALOG_KEY, CONFIG_KEY, KV_KEY
 from zephyr_edge.replication.client import CheckResult, DeliveryError
 from zephyr_edge.replication.feature import CLIENT_FACTORY_KEY, SENDERS_KEY
 from zephyr_edge.replication.outbox import Leases, Outbox
-from zephyr_edge.stamps import Stamp, newer
+from zephyr_edge.domain.stamps import Stamp, newer
 
 #: Replication settings that keep the tests fast.
 FAST = {

@@ -8,13 +8,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from zephyr_edge.app import make_app
-from zephyr_edge.assets import asset_hash
-from zephyr_edge.keys import CONFIG_KEY, KV_KEY
+from zephyr_edge.http.app import make_app
+from zephyr_edge.domain.assets import asset_hash
+from zephyr_edge.http.appkeys import CONFIG_KEY, KV_KEY
 from zephyr_edge.replication import protocol, receiver, synctoken
 from zephyr_edge.replication.outbox import Outbox
-from zephyr_edge.stamps import Stamp
-from zephyr_edge.upload import UPLOAD_TYPES_KEY
+from zephyr_edge.domain.stamps import Stamp
+from zephyr_edge.http.ingest.upload import UPLOAD_TYPES_KEY
 
 from tests.upload_support import APP, SECRET, Backend, Worker, load_config
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.replication.conftest import FakeRegion, eventually
 from tests.upload_support import APP, SECRET, snapshot_body
-from zephyr_edge.assets import asset_hash, extension, storage_key
+from zephyr_edge.domain.assets import asset_hash, extension, storage_key
 from zephyr_edge.replication import antientropy
 from zephyr_edge.replication.client import ReplicaClient
 

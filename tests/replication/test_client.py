@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from zephyr_edge.assets import asset_hash
+from zephyr_edge.domain.assets import asset_hash
 from zephyr_edge.replication import client as client_module
 from zephyr_edge.replication import protocol, synctoken
 from zephyr_edge.replication.client import CheckResult, DeliveryError, ReplicaClient

@@ -13,11 +13,11 @@ import pytest
 
 from tests.replication.conftest import FakeRegion
 from tests.upload_support import APP, load_config, snapshot_body
-from zephyr_edge.assets import asset_hash
-from zephyr_edge import config
+from zephyr_edge.domain.assets import asset_hash
+from zephyr_edge.settings import config
 from zephyr_edge.replication import outbox, status
 from zephyr_edge.replication.outbox import Entry, Leases, Outbox, TargetStatus, journal_for
-from zephyr_edge.stamps import Stamp
+from zephyr_edge.domain.stamps import Stamp
 
 T1, T2 = "http://127.0.0.1:9/one", "http://127.0.0.1:9/two/"
 TARGETS = [T1, T2.rstrip("/")]

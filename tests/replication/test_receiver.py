@@ -12,10 +12,10 @@ import time
 import jwt
 import pytest
 
-from zephyr_edge import hostnames, tokens
-from zephyr_edge.assets import asset_hash
+from zephyr_edge.domain import hostnames, tokens
+from zephyr_edge.domain.assets import asset_hash
 from zephyr_edge.replication import protocol
-from zephyr_edge.stamps import Stamp
+from zephyr_edge.domain.stamps import Stamp
 from tests.replication.support import (
     RECEIVER, SOURCE, apply_body, stamp, start_sync_worker, sync_token,
 )

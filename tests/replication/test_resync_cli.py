@@ -16,8 +16,8 @@ import pytest
 
 from tests.services import free_port
 from tests.upload_support import APP, SECRET, load_config, snapshot_body
-from zephyr_edge.assets import asset_hash
-from zephyr_edge.replication import resync_command
+from zephyr_edge.domain.assets import asset_hash
+from zephyr_edge.cli import replicate
 
 SCRIPT = str(Path(sys.executable).with_name("zephyr-edge"))
 RUN_TIMEOUT_S = 60.0
@@ -131,7 +131,7 @@ async def test_a_terminal_gets_a_progress_bar(backends, start_worker, restore_lo
     eu = await start_worker(backends("eu"), "eu")
     out, err = io.StringIO(), Terminal()
     config = load_config(backends("x"), **{k: v for k, v in env.items() if k != "ZE_WORKER_JWT_SECRET"})
-    code = await asyncio.to_thread(resync_command.main, config, resync_url=eu.url, out=out, err=err)
+    code = await asyncio.to_thread(replicate.main, config, resync_url=eu.url, out=out, err=err)
     assert code == 0
     assert "\r[########################] 1/1 apps" in err.getvalue()
     assert "Resync progress" not in err.getvalue()

@@ -13,7 +13,7 @@ import random
 from tests.replication.conftest import FakeRegion, eventually
 from tests.services import free_port
 from tests.upload_support import APP, snapshot_body
-from zephyr_edge.assets import asset_hash, storage_key
+from zephyr_edge.domain.assets import asset_hash, storage_key
 from zephyr_edge.replication.feature import SENDERS_KEY
 from zephyr_edge.replication.sender import Backoff
 

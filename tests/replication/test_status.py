@@ -8,9 +8,9 @@ import logging
 
 from tests.replication.conftest import eventually
 from tests.upload_support import snapshot_body
-from zephyr_edge.assets import asset_hash
+from zephyr_edge.domain.assets import asset_hash
 from zephyr_edge.errors import BackendUnavailable
-from zephyr_edge.keys import KV_KEY
+from zephyr_edge.http.appkeys import KV_KEY
 from zephyr_edge.replication import status
 
 TARGET = "http://user:pa55word@eu.invalid:8443/sync"

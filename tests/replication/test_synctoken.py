@@ -8,7 +8,7 @@ import time
 import jwt
 import pytest
 
-from zephyr_edge import tokens
+from zephyr_edge.domain import tokens
 from zephyr_edge.errors import Forbidden
 from zephyr_edge.replication import protocol, synctoken
 

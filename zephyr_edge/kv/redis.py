@@ -32,14 +32,14 @@ from coredis.exceptions import (
 from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.tokens import PureToken
 
-from zephyr_edge.config import Port, secret
+from zephyr_edge.settings.config import Port, secret
 from zephyr_edge.errors import BackendError, BackendUnavailable, ZephyrError
 from zephyr_edge.kv.base import KV, Delete, Op, Set, SetAdd, SetRemove
 from zephyr_edge.kv.redis_clients import Client, ClientProvider, ClientSettings
 from zephyr_edge.kv.redis_scripts import ATOMIC_IF, ATOMIC_IF_SHA, encode_atomic_if
 
 if TYPE_CHECKING:
-    from zephyr_edge.config import WorkerConfig
+    from zephyr_edge.settings.config import WorkerConfig
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """Multi-region replication (README: Scaling and replication): the outbox, senders, receivers and catch-up.
 
-Data path: a client write → :class:`~zephyr_edge.records.Catalog` records it in the
+Data path: a client write → :class:`~zephyr_edge.catalog.records.Catalog` records it in the
 :mod:`~zephyr_edge.replication.outbox` in the same atomic KV step → a
 :mod:`~zephyr_edge.replication.sender` of the region (one worker per target, under a lease)
 delivers it with :mod:`~zephyr_edge.replication.client` → the other region's

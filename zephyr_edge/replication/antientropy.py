@@ -3,7 +3,7 @@
 The outbox delivers each write once; this pass is the safety net for everything it cannot
 cover: a target added after the writes were made, entries set aside, a KV restored from
 a backup, a region that was down while another worker of ours delivered... For every
-application (:meth:`~zephyr_edge.records.Catalog.apps`) :func:`reconcile` gathers
+application (:meth:`~zephyr_edge.catalog.records.Catalog.apps`) :func:`reconcile` gathers
 
 - the app's snapshots (ids and JSON),
 - the assets they reference: hash → the paths naming it in the snapshots' ``assets``,
@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from zephyr_edge.assets import asset_hash as hash_of, storage_key
+from zephyr_edge.domain.assets import asset_hash as hash_of, storage_key
 from zephyr_edge.errors import NotFound
-from zephyr_edge.records import Catalog
-from zephyr_edge.snapshot import Snapshot
-from zephyr_edge.stamps import Stamp
+from zephyr_edge.catalog.records import Catalog
+from zephyr_edge.domain.snapshot import Snapshot
+from zephyr_edge.domain.stamps import Stamp
 from zephyr_edge.storage.base import Storage
 
 if TYPE_CHECKING:

@@ -9,13 +9,13 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from zephyr_edge.assets import storage_key
+from zephyr_edge.domain.assets import storage_key
 from zephyr_edge.errors import NotFound
-from zephyr_edge.records import Catalog
+from zephyr_edge.catalog.records import Catalog
 from zephyr_edge.replication.client import DeliveryError
 from zephyr_edge.replication.outbox import Entry
 from zephyr_edge.replication.protocol import KIND_ENVS, KIND_FILE, KIND_SNAPSHOT
-from zephyr_edge.snapshot import InvalidLivePayload
+from zephyr_edge.domain.snapshot import InvalidLivePayload
 from zephyr_edge.storage.base import Storage
 
 

@@ -1,4 +1,4 @@
-"""Replication as a feature of the app (listed in :data:`zephyr_edge.app.FEATURES`).
+"""Replication as a feature of the app (listed in :data:`zephyr_edge.http.app.FEATURES`).
 
 :func:`setup` adds the receiving side (``POST /upload?type=sync-*``, :mod:`.receiver`), the
 status route (``GET /replicationz``, :mod:`.status`) and a cleanup context running one
@@ -6,7 +6,7 @@ status route (``GET /replicationz``, :mod:`.status`) and a cleanup context runni
 region sends (``ZE_WORKER_REPLICA_NAME`` and ``ZE_WORKER_REPLICAS_URLS`` both set). The
 context is appended after the backends' one, so the senders start once the backends are
 open and stop (releasing their leases) before the backends close. They deliver the outbox
-the catalog records writes in (:attr:`~zephyr_edge.records.Catalog.journal`).
+the catalog records writes in (:attr:`~zephyr_edge.catalog.records.Catalog.journal`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
-from zephyr_edge.config import WorkerConfig
-from zephyr_edge.keys import CATALOG_KEY, CONFIG_KEY, STORAGE_KEY
+from zephyr_edge.settings.config import WorkerConfig
+from zephyr_edge.http.appkeys import CATALOG_KEY, CONFIG_KEY, STORAGE_KEY
 from zephyr_edge.replication import receiver, status
 from zephyr_edge.replication.client import ReplicaClient
 from zephyr_edge.replication.outbox import Leases, Outbox

@@ -34,8 +34,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
-from zephyr_edge import hostnames
-from zephyr_edge.config import WorkerConfig
+from zephyr_edge.domain import hostnames
+from zephyr_edge.settings.config import WorkerConfig
 from zephyr_edge.kv.base import KV, Delete, Op, Set, SetAdd, SetRemove
 
 
@@ -106,7 +106,7 @@ class TargetStatus:
 
 
 class Outbox:
-    """Records writes (it is the :class:`~zephyr_edge.records.Journal` of the catalog) and
+    """Records writes (it is the :class:`~zephyr_edge.catalog.records.Journal` of the catalog) and
     hands them to the senders."""
 
     def __init__(self, kv: KV, worker: WorkerConfig, targets: Sequence[str]):

@@ -25,7 +25,7 @@ Types and bodies:
   "hash": H, "size": n, "already_stored": bool}``.
 - :data:`SYNC_SNAPSHOT` and :data:`SYNC_ENVS`: JSON ``{"snapshot": <snapshot JSON as
   stored>, "hosts": {"<host>": "<stamp>"}}`` (stamps ``<epoch ms>|<replica>``, see
-  :mod:`zephyr_edge.stamps`). The receiver stores the snapshot (whether or not its assets
+  :mod:`zephyr_edge.domain.stamps`). The receiver stores the snapshot (whether or not its assets
   arrived yet) and points each host whose stamp is newer than its own at it. ``sync-snapshot``
   carries the version host of a new snapshot, ``sync-envs`` a publish or rollback. ``sub`` =
   ``body:<sha256 hex of the body>``. Answer ``{"status": "ok", "applied": [hosts moved]}``.
@@ -61,7 +61,7 @@ SYNC_ENVS = "sync-envs"
 SYNC_CHECK = "sync-check"
 SYNC_TYPES = (SYNC_FILE, SYNC_SNAPSHOT, SYNC_ENVS, SYNC_CHECK)
 
-#: Outbox entry kinds (what :class:`~zephyr_edge.records.Catalog` records) and the sync
+#: Outbox entry kinds (what :class:`~zephyr_edge.catalog.records.Catalog` records) and the sync
 #: type that delivers each.
 KIND_FILE = "file"
 KIND_SNAPSHOT = "snapshot"

@@ -3,8 +3,8 @@
 Each handler refuses (403) when replication is not enabled here (no
 ``ZE_WORKER_REPLICA_NAME``), then checks the sync token (:mod:`.synctoken`) before it reads
 any body; a JSON body's ``sub`` is compared once that body is read. What arrives is applied
-with :meth:`Catalog.apply_file <zephyr_edge.records.Catalog.apply_file>` and
-:meth:`Catalog.apply_replicated <zephyr_edge.records.Catalog.apply_replicated>`, which never
+with :meth:`Catalog.apply_file <zephyr_edge.catalog.records.Catalog.apply_file>` and
+:meth:`Catalog.apply_replicated <zephyr_edge.catalog.records.Catalog.apply_replicated>`, which never
 record it in the outbox: a sync request is never forwarded. Every handler is idempotent,
 so a delivery repeated by the sender changes nothing.
 
@@ -21,12 +21,14 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from zephyr_edge import assets, bodies, hostnames, ingest, upload
+from zephyr_edge.domain import assets, hostnames
+from zephyr_edge.http import bodies
+from zephyr_edge.http.ingest import files, upload
 from zephyr_edge.errors import BadRequest, Forbidden
-from zephyr_edge.keys import CATALOG_KEY, CONFIG_KEY
+from zephyr_edge.http.appkeys import CATALOG_KEY, CONFIG_KEY
 from zephyr_edge.replication import protocol, synctoken
-from zephyr_edge.snapshot import Snapshot, load_json_object, snapshot_from_object
-from zephyr_edge.stamps import InvalidStamp, Stamp, newer
+from zephyr_edge.domain.snapshot import Snapshot, load_json_object, snapshot_from_object
+from zephyr_edge.domain.stamps import InvalidStamp, Stamp, newer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,7 +38,7 @@ MAX_SHOWN_CHARS = 100
 
 
 def setup(app: web.Application) -> None:
-    """Route the four sync types of ``POST /upload`` (call after :func:`zephyr_edge.upload.setup`)."""
+    """Route the four sync types of ``POST /upload`` (call after :func:`zephyr_edge.http.ingest.upload.setup`)."""
     upload.add_upload_type(app, protocol.SYNC_FILE, sync_file)
     upload.add_upload_type(app, protocol.SYNC_SNAPSHOT, sync_snapshot)
     upload.add_upload_type(app, protocol.SYNC_ENVS, sync_envs)
@@ -120,11 +122,11 @@ def _applied(claims: synctoken.SyncClaims, kind: str, message: str, **fields: An
 async def sync_file(request: web.Request) -> web.Response:
     """``sync-file&application_uid=U&hash=H&filename=F``: store the bytes, list H for U."""
     claims = authorize(request, protocol.file_subject(request.query.get("application_uid", ""), request.query.get("hash", "")))
-    uid = ingest.validate_application_uid(request.query.get("application_uid"))
+    uid = files.validate_application_uid(request.query.get("application_uid"))
     expected = assets.validate_hash(request.query.get("hash"), "hash")
     filename = assets.validate_filename(request.query.get("filename"), "filename")
     started = time.monotonic()
-    stored = await ingest.store_asset(request, uid, expected, filename)
+    stored = await files.store_asset(request, uid, expected, filename)
     if not stored.reused:
         await request.app[CATALOG_KEY].apply_file(uid, expected)
     _applied(
@@ -174,7 +176,7 @@ async def sync_check(request: web.Request) -> web.Response:
     """``sync-check``: which of the given hashes, snapshots and host stamps this region lacks."""
     claims = authorize(request, None)
     data = await _read_json(request, claims)
-    uid = ingest.validate_application_uid(data.get("application_uid"))
+    uid = files.validate_application_uid(data.get("application_uid"))
     hashes = _strings(data.get("hashes"), "hashes", assets.is_hash)
     snapshot_ids = _strings(data.get("snapshots"), "snapshots")
     given = _stamps(data.get("hosts"))

@@ -45,8 +45,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from zephyr_edge.config import WorkerConfig
-from zephyr_edge.records import Catalog
+from zephyr_edge.settings.config import WorkerConfig
+from zephyr_edge.catalog.records import Catalog
 from zephyr_edge.replication import antientropy, batch, status
 from zephyr_edge.replication.batch import Gone, Retry, is_permanent
 from zephyr_edge.replication.client import DeliveryError

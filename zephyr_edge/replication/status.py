@@ -36,9 +36,9 @@ from typing import Any
 
 from aiohttp import web
 
-from zephyr_edge.config import WorkerConfig
+from zephyr_edge.settings.config import WorkerConfig
 from zephyr_edge.errors import BackendError
-from zephyr_edge.keys import CONFIG_KEY, KV_KEY
+from zephyr_edge.http.appkeys import CONFIG_KEY, KV_KEY
 from zephyr_edge.kv.base import KV
 from zephyr_edge.replication.outbox import Leases, Outbox, now_ms, without_userinfo
 from zephyr_edge.replication.protocol import STATUS_PATH

@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 import jwt
 
-from zephyr_edge import tokens
+from zephyr_edge.domain import tokens
 from zephyr_edge.errors import Forbidden
 from zephyr_edge.replication import protocol
 

@@ -26,7 +26,7 @@ test carries its own ``@pytest.mark.asyncio``)::
     import pytest
     import pytest_asyncio
 
-    from zephyr_edge.config import WorkerConfig
+    from zephyr_edge.settings.config import WorkerConfig
     from zephyr_edge.storage.testing import StorageConformance
     from my_backend import MyStorage
 

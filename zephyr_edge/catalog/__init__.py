@@ -1,0 +1,1 @@
+"""The catalog: the records the worker keeps in the KV (snapshots, hostnames, hash lists), over the KV SPI."""

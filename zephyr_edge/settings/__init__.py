@@ -1,0 +1,1 @@
+"""Settings: the typed configuration (fields, loader) and the redaction of its secrets."""

@@ -72,6 +72,7 @@ from botocore.handlers import add_expect_header  # noqa: E402
 from zephyr_edge import __version__ as ZE_VERSION  # noqa: E402
 from zephyr_edge.domain import hostnames, tokens  # noqa: E402
 from zephyr_edge.domain.assets import asset_hash, storage_key  # noqa: E402
+from zephyr_edge.settings.units import MiB  # noqa: E402
 
 APP_UID = "bench-app.zephyr-edge.bench"
 EDGE_HOST = "ze.bench.test"
@@ -80,7 +81,6 @@ S3_ACCESS_KEY = "bench-access"
 S3_SECRET_KEY = "bench-secret-key"
 S3_REGION = "us-east-1"
 MB = 1_000_000
-MIB = 1024 * 1024
 ASSET_SIZE = 5 * 1024
 UPLOAD_CONCURRENCY = 6
 TARGET_SERVE_RATIO = 0.70
@@ -406,7 +406,7 @@ _UPLOAD_KINDS = (("assets", "js"), ("assets", "css"), ("assets", "js.map"), ("im
                  ("fonts", "woff2"), ("images", "svg"), ("assets", "json"))
 
 
-def build_files(seed: int, count: int, total: int, max_size: int = 4 * MIB) -> list[tuple[str, bytes]]:
+def build_files(seed: int, count: int, total: int, max_size: int = 4 * MiB) -> list[tuple[str, bytes]]:
     """``count`` files of random bytes whose sizes (log-normal, like a real build: many
     small chunks, a few big ones, each at most ``max_size``) add up to exactly ``total``."""
     rng = random.Random(seed)

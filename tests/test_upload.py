@@ -19,7 +19,8 @@ from zephyr_edge.http import bodies
 from zephyr_edge.http.ingest import upload
 from zephyr_edge.http.app import make_app
 from zephyr_edge.domain.assets import AssetHasher, asset_hash
-from zephyr_edge.storage.testing.data import Generated, MiB
+from zephyr_edge.settings.units import MiB
+from zephyr_edge.storage.testing.data import Generated
 from tests.upload_support import (
     APP, OTHER_APP, Worker, bad_tokens, chunked, ingest_backend, load_config, local_backend, production_server,
     snapshot_body, start_worker, token,

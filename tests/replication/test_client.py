@@ -17,9 +17,9 @@ from zephyr_edge.replication import protocol, synctoken
 from zephyr_edge.replication.client import CheckResult, DeliveryError, ReplicaClient
 from tests.replication.support import RECEIVER, SOURCE, stamp, start_sync_worker
 from tests.upload_support import APP, SECRET, local_backend, snapshot_body
+from zephyr_edge.settings.units import MiB
 
 TIMEOUT_S = 10.0
-MiB = 1024 * 1024
 
 
 @pytest.fixture

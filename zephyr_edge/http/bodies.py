@@ -25,8 +25,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from zephyr_edge.domain.assets import AssetHasher
 from zephyr_edge.errors import BadRequest, PayloadTooLarge, ZephyrError
+from zephyr_edge.settings.units import MiB
 
-MiB = 1024 * 1024
 #: Size of the chunks handed to storage (a few reads of the socket buffer coalesced).
 CHUNK_SIZE = 256 * 1024
 #: Longest wait for the client's next bytes of a body.

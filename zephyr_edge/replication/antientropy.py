@@ -44,6 +44,7 @@ from zephyr_edge.catalog.records import Catalog
 from zephyr_edge.domain.snapshot import Snapshot
 from zephyr_edge.domain.stamps import Stamp
 from zephyr_edge.storage.base import Storage
+from zephyr_edge.settings.units import MiB
 
 if TYPE_CHECKING:
     from zephyr_edge.replication.client import ReplicaClient
@@ -58,7 +59,7 @@ MAX_LOGGED_ERRORS = 20
 UNSTAMPED = Stamp(0, "")
 #: Assets up to this size are read once, into memory, both to find their upload name and to
 #: send them; larger ones are streamed (and read twice when the name must be found).
-SMALL_ASSET_BYTES = 1024 * 1024
+SMALL_ASSET_BYTES = MiB
 
 
 @attrs.define

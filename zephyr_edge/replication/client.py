@@ -31,6 +31,7 @@ from aiohttp_retry import ExponentialRetry, RetryClient
 from yarl import URL
 
 from zephyr_edge.replication import protocol, synctoken
+from zephyr_edge.settings.units import MiB
 
 #: Attempts of a retried request (the first included).
 RETRY_ATTEMPTS = 3
@@ -40,9 +41,9 @@ RETRY_MAX_S = 2.0
 #: Statuses retried at once (a proxy or a receiver briefly unavailable).
 RETRY_STATUSES = frozenset({502, 503, 504})
 #: Largest file sent from memory (and so retried); larger ones are streamed once.
-RETRY_BODY_LIMIT = 1024 * 1024
+RETRY_BODY_LIMIT = MiB
 #: Largest answer read from a target.
-MAX_ANSWER_BYTES = 16 * 1024 * 1024
+MAX_ANSWER_BYTES = 16 * MiB
 #: Longest part of a target's error message quoted in a :class:`DeliveryError`.
 MAX_SHOWN_CHARS = 300
 

@@ -43,6 +43,7 @@ being rotated, a clock skew) is retried with backoff.
 from __future__ import annotations
 
 import hashlib
+from zephyr_edge.settings.units import MiB
 
 #: Header naming the sending replica.
 SOURCE_HEADER = "X-Replica-Source"
@@ -53,7 +54,7 @@ TOKEN_TTL_S = 120
 #: Largest list in one ``sync-check`` request.
 CHECK_BATCH = 2000
 #: Largest ``sync-snapshot`` / ``sync-envs`` / ``sync-check`` body.
-MAX_JSON_BYTES = 32 * 1024 * 1024
+MAX_JSON_BYTES = 32 * MiB
 
 SYNC_FILE = "sync-file"
 SYNC_SNAPSHOT = "sync-snapshot"

@@ -43,11 +43,12 @@ from zephyr_edge.storage.base import Blob, ObjectInfo, Storage
 from zephyr_edge.storage.s3_errors import ErrorContext, error_code
 from zephyr_edge.storage.s3_io import EmptyBlob, S3Blob, parse_range, split_parts
 from zephyr_edge.storage.s3_slots import ConnectionSlots
+from zephyr_edge.settings.units import MiB
 
 log = logging.getLogger(__name__)
 
 #: Size of the parts of a multipart upload (and the largest single PutObject).
-PART_SIZE = 8 * 1024 * 1024
+PART_SIZE = 8 * MiB
 #: S3's limit on the number of parts of one upload.
 MAX_PARTS = 10_000
 #: Attempts per request (botocore "standard" retry mode: exponential backoff with jitter),

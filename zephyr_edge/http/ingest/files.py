@@ -24,8 +24,8 @@ from zephyr_edge.http import bodies
 from zephyr_edge.errors import BackendError, BadRequest
 from zephyr_edge.http.appkeys import CATALOG_KEY, CONFIG_KEY, STORAGE_KEY
 from zephyr_edge.domain.snapshot import APPLICATION_UID_RE, MAX_ID_CHARS
+from zephyr_edge.settings.units import MiB
 
-MiB = 1024 * 1024
 #: Bound of one whole file upload (body and storage write); the client's own deadline is
 #: 30 s with agent 1.2, so this only stops a stuck upload from holding resources forever.
 FILE_UPLOAD_TIMEOUT_S = 600.0

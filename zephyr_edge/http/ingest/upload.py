@@ -35,6 +35,7 @@ from zephyr_edge.http.ingest import files
 from zephyr_edge.errors import BadRequest
 from zephyr_edge.http.appkeys import CATALOG_KEY, CONFIG_KEY
 from zephyr_edge.domain.snapshot import parse_envs_payload, parse_snapshot_upload
+from zephyr_edge.settings.units import MiB
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ HASH_LIST_PATH = "/__get_application_hash_list__"
 UPLOAD_PATH = "/upload"
 #: The answer to an unknown ``type`` (its exact text is what the agent matches).
 NOT_IMPLEMENTED = "Not Implemented"
-MiB = files.MiB
 #: Largest accepted snapshot JSON (a manifest of many thousands of assets fits easily).
 MAX_SNAPSHOT_BYTES = 32 * MiB
 #: Largest accepted publish (``type=envs``) body.

@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT_S = 30.0
 #: Bodies at least this large are compressed in a worker thread, off the event loop.
 THREAD_COMPRESS_BYTES = 64 * 1024
-MIB = 1024 * 1024
-KIB = 1024
 #: Smallest share of the identity size a compressed variant must save to be used.
 MIN_SAVING = 0.1
 #: Bound of the set of variants known not to be worth encoding (cleared when full).

@@ -33,7 +33,7 @@ from typing import TypeVar
 from aiohttp import hdrs, web
 
 from zephyr_edge.domain import hostnames
-from zephyr_edge.http.serving.assetcache import KIB, MIB, AssetCache
+from zephyr_edge.http.serving.assetcache import AssetCache
 from zephyr_edge.http.serving.compression import Negotiator, available_codecs
 from zephyr_edge.errors import BackendUnavailable, BadRequest, NotFound
 from zephyr_edge.http.serving.hostcache import HostCache, watch_generation
@@ -42,6 +42,7 @@ from zephyr_edge.http.serving.resolve import RangeNotSatisfiable, parse_range
 from zephyr_edge.http.serving.variants import CORS_HEADERS, Route, Variant, etag_matches, preflight_headers
 from zephyr_edge.domain.snapshot import Asset
 from zephyr_edge.storage.base import Storage
+from zephyr_edge.settings.units import KiB, MiB
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,7 +93,7 @@ async def serving_ctx(app: web.Application) -> AsyncIterator[None]:
     """Create the caches and run the invalidation poller for the app's lifetime."""
     worker = app[CONFIG_KEY].worker
     codecs = available_codecs()
-    max_asset_bytes = worker.cache_max_asset_kb * KIB
+    max_asset_bytes = worker.cache_max_asset_kb * KiB
 
     def route_factory(asset: Asset, immutable_host: bool) -> Route:
         return Route(asset, immutable_host, codecs, max_asset_bytes)
@@ -101,7 +102,7 @@ async def serving_ctx(app: web.Application) -> AsyncIterator[None]:
         app[CATALOG_KEY], ttl_s=worker.host_cache_ttl_ms / 1000, delimiter=worker.delimiter,
         route_factory=route_factory,
     )
-    assets = AssetCache(app[STORAGE_KEY], budget_bytes=worker.cache_size_mb * MIB, max_asset_bytes=max_asset_bytes)
+    assets = AssetCache(app[STORAGE_KEY], budget_bytes=worker.cache_size_mb * MiB, max_asset_bytes=max_asset_bytes)
     stream_codecs = tuple(c for c in codecs if c.stream is not None)
     app[SERVING_KEY] = Serving(hosts, assets, Negotiator(codecs), Negotiator(stream_codecs))
     poller = asyncio.create_task(

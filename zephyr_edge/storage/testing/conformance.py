@@ -14,7 +14,8 @@ import pytest_asyncio
 
 from zephyr_edge import errors
 from zephyr_edge.storage.base import CHUNK_SIZE, Storage
-from zephyr_edge.storage.testing.data import MiB, Generated, ProducerError, failing, pattern, split, stalled, stream
+from zephyr_edge.settings.units import MiB
+from zephyr_edge.storage.testing.data import Generated, ProducerError, failing, pattern, split, stalled, stream
 from zephyr_edge.storage.testing.helpers import (
     MAX_CHUNK,
     assert_absent,

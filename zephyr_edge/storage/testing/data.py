@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Iterable
+from zephyr_edge.settings.units import MiB
 
-MiB = 1024 * 1024
 
 
 class ProducerError(Exception):

@@ -13,7 +13,7 @@ import pytest
 
 from zephyr_edge import errors
 from zephyr_edge.storage.base import Blob, Storage
-from zephyr_edge.storage.testing.data import MiB
+from zephyr_edge.settings.units import MiB
 
 #: Largest chunk a blob may yield.
 MAX_CHUNK = 8 * MiB

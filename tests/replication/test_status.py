@@ -12,6 +12,7 @@ from zephyr_edge.domain.assets import asset_hash
 from zephyr_edge.errors import BackendUnavailable
 from zephyr_edge.http.appkeys import KV_KEY
 from zephyr_edge.replication import status
+from zephyr_edge.settings.redaction import without_userinfo
 
 TARGET = "http://user:pa55word@eu.invalid:8443/sync"
 SHOWN = "http://eu.invalid:8443/sync"
@@ -116,7 +117,8 @@ def _state_lines(caplog, with_error: bool = False) -> list[dict]:
 
 
 def test_display_url_and_mode(backends):
-    assert status.display_url(TARGET) == SHOWN
-    assert status.display_url("https://x.example.com") == "https://x.example.com"
+    assert without_userinfo(TARGET) == SHOWN
+    assert without_userinfo("https://x.example.com") == "https://x.example.com"
+    assert without_userinfo("https://u:p@x.example.com/a", mask="***") == "https://***@x.example.com/a"
     assert status.log_fields({"url": SHOWN, "queue_depth": 1}) == {
         "zephyr.replica.target": SHOWN, "zephyr.replica.queue_depth": 1}

@@ -35,6 +35,7 @@ from zephyr_edge.catalog.records import Catalog
 from zephyr_edge.replication import antientropy, status
 from zephyr_edge.replication.feature import client_factory
 from zephyr_edge.replication.outbox import Outbox, target_name
+from zephyr_edge.settings.redaction import without_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def _forget(config: Config, url: str, out: TextIO, err: TextIO) -> int:
     problem = url_problem(url)
     target = target_name(url.strip())
     if problem is None and target in {target_name(str(u)) for u in config.worker.replicas_urls}:
-        problem = (f"{status.display_url(target)} is still in ZE_WORKER_REPLICAS_URLS; take it out of every "
+        problem = (f"{without_userinfo(target)} is still in ZE_WORKER_REPLICAS_URLS; take it out of every "
                    "worker's configuration first")
     if problem:
         print(f"zephyr-edge: --forget: {problem}", file=err)
@@ -163,7 +164,7 @@ def main(config: Config, *, resync_url: str | None = None, show_status: bool = F
         print(f"zephyr-edge: --resync: {problem}", file=err)
         return EXIT_USAGE
     configure_logging(config, err)
-    target = status.display_url(url)
+    target = without_userinfo(url)
     progress = Progress(err, err.isatty(), target)
     started = time.monotonic()
     try:

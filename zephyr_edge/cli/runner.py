@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -50,13 +49,6 @@ def configure_logging(config: Config) -> None:
         log.warning(warning)
 
 
-def _without_userinfo(url: str) -> str:
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
-
-
 def log_startup(config: Config) -> None:
     """The startup lines: replica mode and its fan-out (replication on, README: Scaling and
     replication), then ``Worker listening`` with the port."""
@@ -64,7 +56,7 @@ def log_startup(config: Config) -> None:
     if worker.replica_name:
         log.info("Replica mode enabled", extra={"fields": {"zephyr.replica": worker.replica_name}})
         if worker.replicas_urls:
-            urls = [_without_userinfo(u) for u in worker.replicas_urls]
+            urls = [redaction.without_userinfo(u, redaction.MASK) for u in worker.replicas_urls]
             log.info(
                 "Replica fan-out configured",
                 extra={"fields": {"zephyr.replica.count": len(urls), "zephyr.replica.urls": urls}},

@@ -31,6 +31,7 @@ from aiohttp_retry import ExponentialRetry, RetryClient
 from yarl import URL
 
 from zephyr_edge.replication import protocol, synctoken
+from zephyr_edge.settings.redaction import without_userinfo
 from zephyr_edge.settings.units import MiB
 
 #: Attempts of a retried request (the first included).
@@ -72,11 +73,6 @@ class CheckResult:
     stale_hosts: frozenset[str] = frozenset()
 
 
-def public_url(url: str) -> URL:
-    """``url`` without its userinfo (``user:password@``)."""
-    return URL(str(url)).with_user(None)
-
-
 class ReplicaClient:
     """Sync requests to the region at ``url``, as replica ``source``.
 
@@ -90,7 +86,7 @@ class ReplicaClient:
     ):
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
-        base = public_url(url)
+        base = URL(without_userinfo(url))
         #: The target as shown in messages and logs (no userinfo).
         self.target = str(base).rstrip("/")
         self._upload_url = base.with_path(base.path.rstrip("/") + "/upload").with_query(None).with_fragment(None)

@@ -30,25 +30,17 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
 from zephyr_edge.domain import hostnames
 from zephyr_edge.settings.config import WorkerConfig
+from zephyr_edge.settings.redaction import without_userinfo
 from zephyr_edge.kv.base import KV, Delete, Op, Set, SetAdd, SetRemove
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def without_userinfo(url: str) -> str:
-    """``url`` without its userinfo (``user:password@``)."""
-    parts = urlsplit(str(url))
-    if "@" not in parts.netloc:
-        return str(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def target_name(url: str) -> str:

@@ -40,7 +40,8 @@ from zephyr_edge.settings.config import WorkerConfig
 from zephyr_edge.errors import BackendError
 from zephyr_edge.http.appkeys import CONFIG_KEY, KV_KEY
 from zephyr_edge.kv.base import KV
-from zephyr_edge.replication.outbox import Leases, Outbox, now_ms, without_userinfo
+from zephyr_edge.replication.outbox import Leases, Outbox, now_ms
+from zephyr_edge.settings.redaction import without_userinfo
 from zephyr_edge.replication.protocol import STATUS_PATH
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,6 @@ STATUS_TIMEOUT_S = 5.0
 #: The delivering worker logs its target's state this often (and whenever last_error changes).
 STATE_LOG_EVERY_S = 60.0
 NO_STORE = {"Cache-Control": "no-store"}
-
-
-def display_url(url: str) -> str:
-    """``url`` without its userinfo (``user:password@``), for logs and status."""
-    return without_userinfo(url)
 
 
 def mode(worker: WorkerConfig) -> str:
@@ -85,7 +81,7 @@ async def target_state(outbox: Outbox, target: str) -> dict[str, Any]:
     lease = await Leases(outbox, "", 0).holder(target)
     live = lease is not None and lease[1] > now
     return {
-        "url": display_url(target),
+        "url": without_userinfo(target),
         "queue_depth": depth,
         "oldest_undelivered_age_s": oldest_age,
         "delivered": status.delivered,

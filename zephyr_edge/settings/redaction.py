@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
@@ -74,6 +75,16 @@ class Redactor:
         if isinstance(value, (list, tuple)):
             return [self.value(v) for v in value]
         return self.text(str(value))
+
+
+def without_userinfo(url: str, mask: str | None = None) -> str:
+    """``url`` without its userinfo (``user:password@``), the one URL redactor; with
+    ``mask`` (e.g. :data:`MASK`), ``mask@`` stands where the userinfo was."""
+    parts = urlsplit(str(url))
+    if "@" not in parts.netloc:
+        return str(url)
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=host if mask is None else f"{mask}@{host}"))
 
 
 def secret_values(config: Config) -> tuple[str, ...]:

@@ -9,6 +9,12 @@ maps :class:`ConfigError` to exit code 2.
 from __future__ import annotations
 
 
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters (ending in ``...`` when cut): the one
+    way a value is shortened for an error message or a log line."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class ZephyrError(Exception):
     """Base class of every error the worker raises on purpose."""
 

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from zephyr_edge.domain.assets import HASH_PROBLEM, extension, is_hash, path_problem
-from zephyr_edge.errors import BadRequest, PayloadTooLarge, ZephyrError
+from zephyr_edge.errors import BadRequest, PayloadTooLarge, ZephyrError, shorten
 from zephyr_edge.domain.hostnames import normalize_host
 
 #: ``app.repo.org``: dot-separated labels of ``[a-z0-9_-]`` (zephyr-agent replaces any other
@@ -105,7 +105,7 @@ class EnvsPayload:
 
 def _show(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
     text = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return shorten(text, limit)
 
 
 def _bad(field: str, problem: str) -> BadRequest:

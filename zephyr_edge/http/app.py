@@ -26,7 +26,7 @@ from zephyr_edge.http.ingest import upload
 from zephyr_edge.http.serving import handler
 from zephyr_edge.settings import redaction
 from zephyr_edge.settings.config import Config
-from zephyr_edge.errors import BackendError, BackendUnavailable, BadRequest, ZephyrError
+from zephyr_edge.errors import BackendError, BackendUnavailable, BadRequest, ZephyrError, shorten
 from zephyr_edge.http.appkeys import CATALOG_KEY, CONFIG_KEY, KV_KEY, READINESS_KEY, REDACTOR_KEY, STORAGE_KEY
 from zephyr_edge.catalog.records import Catalog
 from zephyr_edge.replication import feature as replication_feature
@@ -111,9 +111,7 @@ MAX_LOGGED_CHARS = 100
 
 
 def _bounded(value: str | None) -> str | None:
-    if value is None or len(value) <= MAX_LOGGED_CHARS:
-        return value
-    return value[: MAX_LOGGED_CHARS - 3] + "..."
+    return None if value is None else shorten(value, MAX_LOGGED_CHARS)
 
 
 def _application_uid(request: web.Request) -> str | None:

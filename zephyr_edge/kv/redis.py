@@ -33,7 +33,7 @@ from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.tokens import PureToken
 
 from zephyr_edge.settings.config import Port, secret
-from zephyr_edge.errors import BackendError, BackendUnavailable, ZephyrError
+from zephyr_edge.errors import BackendError, BackendUnavailable, ZephyrError, shorten
 from zephyr_edge.kv.base import KV, Delete, Op, Set, SetAdd, SetRemove
 from zephyr_edge.kv.redis_clients import Client, ClientProvider, ClientSettings
 from zephyr_edge.kv.redis_scripts import ATOMIC_IF, ATOMIC_IF_SHA, encode_atomic_if
@@ -292,7 +292,7 @@ def translate_error(
     def clean(message: str) -> str:
         for value in secrets:
             message = message.replace(value, "***")
-        return message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 3] + "..."
+        return shorten(message, MAX_MESSAGE_CHARS)
 
     def describe(e: BaseException) -> str:
         text = str(e) or type(e).__name__

@@ -24,7 +24,7 @@ from aiohttp import web
 from zephyr_edge.domain import assets, hostnames
 from zephyr_edge.http import bodies
 from zephyr_edge.http.ingest import files, upload
-from zephyr_edge.errors import BadRequest, Forbidden
+from zephyr_edge.errors import BadRequest, Forbidden, shorten
 from zephyr_edge.http.appkeys import CATALOG_KEY, CONFIG_KEY
 from zephyr_edge.replication import protocol, synctoken
 from zephyr_edge.domain.snapshot import Snapshot, load_json_object, snapshot_from_object
@@ -106,7 +106,7 @@ def _snapshot(value: Any) -> Snapshot:
 
 def _show(value: Any) -> str:
     text = value if isinstance(value, str) else repr(value)
-    return repr(text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 3] + "...")
+    return repr(shorten(text, MAX_SHOWN_CHARS))
 
 
 def _applied(claims: synctoken.SyncClaims, kind: str, message: str, **fields: Any) -> None:

@@ -26,7 +26,7 @@ import attrs
 import jwt
 
 from zephyr_edge.domain import tokens
-from zephyr_edge.errors import Forbidden
+from zephyr_edge.errors import Forbidden, shorten
 from zephyr_edge.replication import protocol
 
 #: The only algorithms accepted or produced (the same as for write tokens).
@@ -164,5 +164,4 @@ def _reason(exc: jwt.InvalidTokenError) -> str:
 
 def _show(value: str) -> str:
     """``value`` quoted for a message, cut to :data:`MAX_SHOWN_CHARS`."""
-    text = value if len(value) <= MAX_SHOWN_CHARS else value[: MAX_SHOWN_CHARS - 3] + "..."
-    return repr(text)
+    return repr(shorten(value, MAX_SHOWN_CHARS))

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
+from zephyr_edge.cli import exits
 from zephyr_edge.domain import hostnames
 from zephyr_edge.settings.config import Config
 from zephyr_edge.errors import BackendError, BackendUnavailable, Forbidden, NotFound, ZephyrError
@@ -30,7 +31,6 @@ from zephyr_edge.domain.snapshot import InvalidLivePayload
 
 T = TypeVar("T")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: Upper bound of one admin command's KV work (each backend call is bounded too).
 COMMAND_TIMEOUT_S = 60.0
 #: Table columns of ``versions``.
@@ -92,20 +92,20 @@ def _fail(message: str, code: int, err: TextIO) -> int:
 def _guarded(config: Config, work: Callable[[Catalog], Awaitable[T]], err: TextIO) -> tuple[int, T | None]:
     """Run ``work``; map every expected failure to (exit code, None) with one message."""
     try:
-        return EXIT_OK, _run(config, work)
+        return exits.OK, _run(config, work)
     except UsageError as exc:
-        return _fail(str(exc), EXIT_USAGE, err), None
+        return _fail(str(exc), exits.USAGE, err), None
     except (NotFound, Refused) as exc:
-        return _fail(str(exc), EXIT_FAILED, err), None
+        return _fail(str(exc), exits.FAILED, err), None
     except BackendUnavailable as exc:
-        return _fail(f"{config.kv.name} KV backend unavailable: {exc}", EXIT_FAILED, err), None
+        return _fail(f"{config.kv.name} KV backend unavailable: {exc}", exits.FAILED, err), None
     except BackendError as exc:
-        return _fail(f"{config.kv.name} KV backend failed: {exc}", EXIT_FAILED, err), None
+        return _fail(f"{config.kv.name} KV backend failed: {exc}", exits.FAILED, err), None
     except TimeoutError:
         message = f"{config.kv.name} KV backend did not answer within {COMMAND_TIMEOUT_S:.0f} s"
-        return _fail(message, EXIT_FAILED, err), None
+        return _fail(message, exits.FAILED, err), None
     except ZephyrError as exc:
-        return _fail(str(exc), EXIT_FAILED, err), None
+        return _fail(str(exc), exits.FAILED, err), None
 
 
 # --- publish / rollback -------------------------------------------------------------------
@@ -158,10 +158,10 @@ def publish(
     try:
         hosts = parse_hosts(host_args)
     except UsageError as exc:
-        return _fail(str(exc), EXIT_USAGE, err)
+        return _fail(str(exc), exits.USAGE, err)
     snapshot_id = snapshot_id.strip()
     if not snapshot_id:
-        return _fail("--snapshot must not be empty", EXIT_USAGE, err)
+        return _fail("--snapshot must not be empty", exits.USAGE, err)
     code, result = _guarded(config, lambda c: publish_hosts(c, snapshot_id, hosts, force), err)
     if result is not None:
         print(json.dumps({"action": action, **result}, ensure_ascii=False), file=out, flush=True)
@@ -216,7 +216,7 @@ def versions(
     out, err = out or sys.stdout, err or sys.stderr
     uid = application_uid.strip()
     if not uid:
-        return _fail("--app must not be empty", EXIT_USAGE, err)
+        return _fail("--app must not be empty", exits.USAGE, err)
     code, found = _guarded(config, lambda c: c.versions(uid), err)
     if found is None:
         return code
@@ -228,5 +228,5 @@ def versions(
     if not records:  # a typo in --app, or the wrong worker: say so, and fail
         message = (f"unknown application {uid!r}: no snapshots of it on this worker "
                    "(check --app, expected app.repo.org, and the configuration or --data-dir)")
-        return _fail(message, EXIT_FAILED, err)
+        return _fail(message, exits.FAILED, err)
     return code

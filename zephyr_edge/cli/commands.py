@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from zephyr_edge.settings import config as cfg
-from zephyr_edge.cli import devmode
+from zephyr_edge.cli import devmode, exits
 from zephyr_edge.domain import tokens
 from zephyr_edge.errors import ConfigError
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 JWT_SECRET_KEY = cfg.KEY_PREFIX + "JWT_SECRET"
 DATA_DIR_KEY = cfg.KEY_PREFIX + "DATA_DIR"
 
@@ -34,7 +33,7 @@ def config_error(exc: ConfigError, stream: TextIO | None = None, hint: str | Non
     print(f"zephyr-edge: {exc}", file=stream or sys.stderr)
     if hint:
         print(f"zephyr-edge: hint: {hint}", file=stream or sys.stderr)
-    return EXIT_CONFIG
+    return exits.USAGE
 
 
 def admin_config_error(exc: ConfigError, data_dir: str | None) -> int:
@@ -80,7 +79,7 @@ def show_config(environ: Mapping[str, str], overrides: Mapping[str, Any] | None 
         return config_error(exc)
     _print_warnings(config)
     print(json.dumps(cfg.describe(config), indent=2))
-    return EXIT_OK
+    return exits.OK
 
 
 #: Printed after a configuration error of an admin command run without ``--data-dir``.
@@ -183,4 +182,4 @@ def token(environ: Mapping[str, str], app_uid: str, ttl_s: int, data_dir: str | 
     except ConfigError as exc:
         return config_error(exc)
     print(tokens.mint(secret, app_uid, ttl_s))
-    return EXIT_OK
+    return exits.OK

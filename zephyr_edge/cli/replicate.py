@@ -29,6 +29,7 @@ import time
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+from zephyr_edge.cli import exits
 from zephyr_edge.settings.config import Config, LogLevel
 from zephyr_edge.errors import ZephyrError
 from zephyr_edge.catalog.records import Catalog
@@ -39,7 +40,6 @@ from zephyr_edge.settings.redaction import without_userinfo
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: Source name of the requests when this worker has no replica name.
 DEFAULT_SOURCE = "resync"
 #: Longest pause between two progress lines (log mode) or bar redraws (terminal).
@@ -56,15 +56,15 @@ def _forget(config: Config, url: str, out: TextIO, err: TextIO) -> int:
                    "worker's configuration first")
     if problem:
         print(f"zephyr-edge: --forget: {problem}", file=err)
-        return EXIT_USAGE
+        return exits.USAGE
     configure_logging(config, err)
     try:
         dropped = asyncio.run(forget(config, url))
     except (ZephyrError, TimeoutError) as exc:
         print(f"zephyr-edge: {config.kv.name} KV backend failed: {exc or 'timed out'}", file=err)
-        return EXIT_FAILED
+        return exits.FAILED
     print(json.dumps({"target": target, "dropped_entries": dropped}), file=out, flush=True)
-    return EXIT_OK
+    return exits.OK
 
 
 def configure_logging(config: Config, stream: TextIO) -> None:
@@ -155,14 +155,14 @@ def main(config: Config, *, resync_url: str | None = None, show_status: bool = F
             doc = asyncio.run(read_status(config))
         except (ZephyrError, TimeoutError) as exc:
             print(f"zephyr-edge: {config.kv.name} KV backend failed: {exc or 'timed out'}", file=err)
-            return EXIT_FAILED
+            return exits.FAILED
         print(json.dumps(doc, indent=2), file=out, flush=True)
-        return EXIT_OK
+        return exits.OK
     url = (resync_url or "").strip()
     problem = url_problem(url)
     if problem:
         print(f"zephyr-edge: --resync: {problem}", file=err)
-        return EXIT_USAGE
+        return exits.USAGE
     configure_logging(config, err)
     target = without_userinfo(url)
     progress = Progress(err, err.isatty(), target)
@@ -172,10 +172,10 @@ def main(config: Config, *, resync_url: str | None = None, show_status: bool = F
     except Exception as exc:  # a backend failing: one message, never a traceback
         progress.close()
         print(f"zephyr-edge: resync failed: {exc or type(exc).__name__}", file=err)
-        return EXIT_FAILED
+        return exits.FAILED
     progress.close()
     summary = {"target": target, "ok": report.ok, **report.to_dict(),
                "duration_s": round(time.monotonic() - started, 3)}
     log.log(logging.INFO if report.ok else logging.WARNING, "Resync finished", extra={"fields": fields(report, target)})
     print(json.dumps(summary), file=out, flush=True)
-    return EXIT_OK if report.ok else EXIT_FAILED
+    return exits.OK if report.ok else exits.FAILED

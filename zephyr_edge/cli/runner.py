@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from zephyr_edge.cli import logs
+from zephyr_edge.cli import exits, logs
 from zephyr_edge.settings import redaction
 from zephyr_edge.http.app import make_app
 from zephyr_edge.settings.config import Config
@@ -120,8 +120,8 @@ def serve(config: Config, on_listening: Callable[[], None] | None = None) -> int
         asyncio.run(run(config, on_listening))
     except ListenError as exc:  # an operator's setup problem, not a bug: no traceback
         log.critical("%s", exc, extra={"fields": {"server.host": exc.host, "server.port": exc.port}})
-        return 1
+        return exits.FAILED
     except Exception as exc:
         log.critical("Worker failed: %s", exc, exc_info=exc)
-        return 1
-    return 0
+        return exits.FAILED
+    return exits.OK

@@ -26,7 +26,8 @@ from zephyr_edge.http.ingest import upload
 from zephyr_edge.http.serving import handler
 from zephyr_edge.settings import redaction
 from zephyr_edge.settings.config import Config
-from zephyr_edge.errors import BackendError, BackendUnavailable, BadRequest, ZephyrError, shorten
+from zephyr_edge.errors import BackendError, BackendUnavailable, ZephyrError, shorten
+from zephyr_edge.http.answers import INTERNAL_MESSAGE, RETRY_AFTER_S, error_response, internal_error
 from zephyr_edge.http.appkeys import CATALOG_KEY, CONFIG_KEY, KV_KEY, READINESS_KEY, REDACTOR_KEY, STORAGE_KEY
 from zephyr_edge.catalog.records import Catalog
 from zephyr_edge.replication import feature as replication_feature
@@ -35,15 +36,11 @@ from zephyr_edge.domain.snapshot import APPLICATION_UID_RE
 
 __all__ = [
     "CATALOG_KEY", "CONFIG_KEY", "FEATURES", "KV_KEY", "READINESS_KEY", "REDACTOR_KEY", "RETRY_AFTER_S",
-    "STORAGE_KEY", "error_middleware", "error_response", "make_app",
+    "STORAGE_KEY", "INTERNAL_MESSAGE", "error_middleware", "error_response", "make_app",
 ]
 
 log = logging.getLogger(__name__)
 
-#: ``Retry-After`` (seconds) of a 503 caused by an unreachable backend.
-RETRY_AFTER_S = 5
-#: The message of every 500 answer; details go to the log only.
-INTERNAL_MESSAGE = "internal server error"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -81,26 +78,6 @@ async def backends_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         yield
         log.info("Closing backends")
-
-
-def error_response(exc: ZephyrError, redactor: redaction.Redactor | None = None) -> web.Response:
-    """The JSON answer ``{"error": code, "message": ...}`` for a worker error.
-
-    Server-side failures (status 500 and up, except an unreachable backend, whose message
-    names the backend and says it cannot be reached) answer a generic message.
-    """
-    status = exc.status
-    headers: dict[str, str] = {"Cache-Control": "no-store"}
-    message = str(exc)
-    if isinstance(exc, BackendUnavailable):
-        headers["Retry-After"] = str(RETRY_AFTER_S)
-        message = f"{exc.backend} backend unavailable, retry later"
-    elif isinstance(exc, BackendError) or status >= 500:
-        status, message = 500, INTERNAL_MESSAGE
-    body: dict[str, object] = {"error": exc.code, "message": redactor.text(message) if redactor else message}
-    if isinstance(exc, BadRequest):
-        body["field"] = exc.field
-    return web.json_response(body, status=status, headers=headers)
 
 
 #: Methods that only read: their refusals (a 404 while serving, a bad Range) are client
@@ -188,11 +165,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc, redactor)
     except Exception as exc:
         log.error("Unhandled error", exc_info=exc, extra={"fields": request_fields(request, 500)})
-        return web.json_response(
-            {"error": ZephyrError.code, "message": INTERNAL_MESSAGE},
-            status=500,
-            headers={"Cache-Control": "no-store"},
-        )
+        return internal_error()
     if response.status >= 400 and request.method not in READ_METHODS:
         # an answer a handler returned rather than raised (an unknown upload type's 501)
         log_refusal(request, response.status, response.reason or str(response.status))

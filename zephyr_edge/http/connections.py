@@ -20,12 +20,13 @@ connection tests would fail first).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+
+from zephyr_edge.http.answers import error_body
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,7 @@ HANDLER_ATTRIBUTES = ("_request_count", "_current_request", "_waiter", "_force_c
 
 
 def _timeout_answer(header_timeout_s: float) -> bytes:
-    body = json.dumps({
-        "error": "request_timeout",
-        "message": f"the request headers were not received within {header_timeout_s:g} s",
-    }).encode()
+    body = error_body("request_timeout", f"the request headers were not received within {header_timeout_s:g} s")
     head = (
         "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"

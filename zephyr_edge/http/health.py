@@ -34,6 +34,7 @@ import attrs
 from aiohttp import web
 
 from zephyr_edge.errors import BackendError
+from zephyr_edge.http import answers
 from zephyr_edge.http.appkeys import CONFIG_KEY, KV_KEY, READINESS_KEY, REDACTOR_KEY, STORAGE_KEY
 from zephyr_edge.settings.redaction import Redactor
 from zephyr_edge.storage.base import Storage
@@ -213,7 +214,7 @@ def _iso(epoch: float) -> str:
 
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process runs and its event loop answers. No I/O."""
-    return web.json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
+    return answers.ok({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -244,7 +245,7 @@ async def readyz(request: web.Request) -> web.Response:
     if failing:
         body["failing"] = failing
     body["checks"] = checks
-    return web.json_response(body, status=503 if failing else 200, headers={"Cache-Control": "no-store"})
+    return answers.ok(body, status=503 if failing else 200)
 
 
 def setup(app: web.Application) -> None:

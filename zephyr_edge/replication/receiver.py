@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from zephyr_edge.domain import assets, hostnames
-from zephyr_edge.http import bodies
+from zephyr_edge.http import answers, bodies
 from zephyr_edge.http.ingest import files, upload
 from zephyr_edge.errors import BadRequest, Forbidden, shorten
 from zephyr_edge.http.appkeys import CATALOG_KEY, CONFIG_KEY
@@ -43,10 +43,6 @@ def setup(app: web.Application) -> None:
     upload.add_upload_type(app, protocol.SYNC_SNAPSHOT, sync_snapshot)
     upload.add_upload_type(app, protocol.SYNC_ENVS, sync_envs)
     upload.add_upload_type(app, protocol.SYNC_CHECK, sync_check)
-
-
-def _ok(body: dict[str, object]) -> web.Response:
-    return web.json_response(body, headers=upload.NO_STORE)
 
 
 def authorize(request: web.Request, subject: str | None) -> synctoken.SyncClaims:
@@ -134,7 +130,7 @@ async def sync_file(request: web.Request) -> web.Response:
         application_uid=uid, **{"asset.hash": expected, "asset.size": stored.size},
         duration_ms=round((time.monotonic() - started) * 1000, 1),
     )
-    return _ok({"status": "ok", "hash": expected, "size": stored.size, "already_stored": stored.reused})
+    return answers.ok({"status": "ok", "hash": expected, "size": stored.size, "already_stored": stored.reused})
 
 
 async def _apply(request: web.Request, kind: str) -> web.Response:
@@ -145,7 +141,7 @@ async def _apply(request: web.Request, kind: str) -> web.Response:
         claims, kind, "Sync applied", application_uid=snapshot.application_uid,
         snapshot_id=snapshot.snapshot_id, hosts=sorted(stamps), **{"sync.applied": applied},
     )
-    return _ok({"status": "ok", "applied": applied})
+    return answers.ok({"status": "ok", "applied": applied})
 
 
 async def sync_snapshot(request: web.Request) -> web.Response:
@@ -191,7 +187,7 @@ async def sync_check(request: web.Request) -> web.Response:
         "Sync check answered",
         extra={"fields": {"zephyr.replica.source": claims.source, "zephyr.application_uid": uid}},
     )
-    return _ok({
+    return answers.ok({
         "missing_hashes": [h for h in dict.fromkeys(hashes) if h not in have_hashes],
         "missing_snapshots": [s for s in dict.fromkeys(snapshot_ids) if s not in have_ids],
         "stale_hosts": [h for h, stamp in given.items() if newer(stamp, held.get(names[h]))],

@@ -38,6 +38,7 @@ from aiohttp import web
 
 from zephyr_edge.settings.config import WorkerConfig
 from zephyr_edge.errors import BackendError
+from zephyr_edge.http import answers
 from zephyr_edge.http.appkeys import CONFIG_KEY, KV_KEY
 from zephyr_edge.kv.base import KV
 from zephyr_edge.replication.outbox import Leases, Outbox, now_ms
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 STATUS_TIMEOUT_S = 5.0
 #: The delivering worker logs its target's state this often (and whenever last_error changes).
 STATE_LOG_EVERY_S = 60.0
-NO_STORE = {"Cache-Control": "no-store"}
 
 
 def mode(worker: WorkerConfig) -> str:
@@ -142,8 +142,8 @@ async def replicationz(request: web.Request) -> web.Response:
     except (BackendError, TimeoutError) as exc:
         log.warning("Replication status unavailable: %s", type(exc).__name__, extra={"fields": {"kv.backend": kv.name}})
         message = f"{kv.name} backend did not answer; replication status unknown"
-        return web.json_response({"error": "kv_unavailable", "message": message}, status=503, headers=NO_STORE)
-    return web.json_response(body, headers=NO_STORE)
+        return answers.error_answer(503, "kv_unavailable", message)
+    return answers.ok(body)
 
 
 def setup(app: web.Application) -> None:

@@ -30,7 +30,7 @@ from aiohttp import web
 
 import zephyr_edge
 from zephyr_edge.domain import assets, publicurl
-from zephyr_edge.http import auth, bodies
+from zephyr_edge.http import answers, auth, bodies
 from zephyr_edge.http.ingest import files
 from zephyr_edge.errors import BadRequest
 from zephyr_edge.http.appkeys import CATALOG_KEY, CONFIG_KEY
@@ -49,7 +49,6 @@ MAX_SNAPSHOT_BYTES = 32 * MiB
 MAX_ENVS_BYTES = 1 * MiB
 #: Bound of one whole file upload (body and storage write): see :mod:`zephyr_edge.http.ingest.files`.
 FILE_UPLOAD_TIMEOUT_S = files.FILE_UPLOAD_TIMEOUT_S
-NO_STORE = {"Cache-Control": "no-store"}
 
 UploadHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: The app's ``type`` → handler table of ``POST /upload`` (built by :func:`setup`).
@@ -76,12 +75,8 @@ async def upload(request: web.Request) -> web.StreamResponse:
     """``POST /upload``: dispatch on ``type``; 501 ``Not Implemented`` for anything else."""
     handler = request.app[UPLOAD_TYPES_KEY].get(request.query.get("type", ""))
     if handler is None:
-        return web.Response(status=501, text=NOT_IMPLEMENTED, content_type="text/plain", headers=NO_STORE)
+        return web.Response(status=501, text=NOT_IMPLEMENTED, content_type="text/plain", headers=answers.NO_STORE)
     return await handler(request)
-
-
-def _ok(body: dict[str, object]) -> web.Response:
-    return web.json_response(body, headers=NO_STORE)
 
 
 # --- hash list --------------------------------------------------------------------------
@@ -92,7 +87,7 @@ async def hash_list(request: web.Request) -> web.Response:
     uid = files.validate_application_uid(request.query.get("application_uid"))
     auth.optional_write(request, uid)
     hashes = await request.app[CATALOG_KEY].hashes(uid)
-    return _ok({"hashes": sorted(hashes)})
+    return answers.ok({"hashes": sorted(hashes)})
 
 
 # --- files ------------------------------------------------------------------------------
@@ -115,7 +110,7 @@ async def upload_file(request: web.Request) -> web.Response:
             "duration_ms": round((time.monotonic() - started) * 1000, 1),
         }},
     )
-    return _ok({"status": "ok", "hash": expected, "size": stored.size, "already_stored": stored.reused})
+    return answers.ok({"status": "ok", "hash": expected, "size": stored.size, "already_stored": stored.reused})
 
 
 # --- snapshots and publishing -----------------------------------------------------------
@@ -142,7 +137,7 @@ async def upload_snapshot(request: web.Request) -> web.Response:
             "zephyr.snapshot.assets": len(snapshot.assets), "zephyr.version_url": url,
         }},
     )
-    return _ok({"urls": {"version": url}, "worker_version": zephyr_edge.__version__})
+    return answers.ok({"urls": {"version": url}, "worker_version": zephyr_edge.__version__})
 
 
 async def upload_envs(request: web.Request) -> web.Response:
@@ -162,7 +157,7 @@ async def upload_envs(request: web.Request) -> web.Response:
             "zephyr.hosts": list(payload.hosts),
         }},
     )
-    return _ok({
+    return answers.ok({
         "status": "ok",
         "snapshot_id": payload.snapshot_id,
         "hosts": list(payload.hosts),

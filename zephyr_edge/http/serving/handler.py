@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from types import MappingProxyType
@@ -37,6 +36,7 @@ from zephyr_edge.http.serving.assetcache import AssetCache
 from zephyr_edge.http.serving.compression import Negotiator, available_codecs
 from zephyr_edge.errors import BackendUnavailable, BadRequest, NotFound
 from zephyr_edge.http.serving.hostcache import HostCache, watch_generation
+from zephyr_edge.http.answers import error_body
 from zephyr_edge.http.appkeys import CATALOG_KEY, CONFIG_KEY, STORAGE_KEY
 from zephyr_edge.http.serving.resolve import RangeNotSatisfiable, parse_range
 from zephyr_edge.http.serving.variants import CORS_HEADERS, Route, Variant, etag_matches, preflight_headers
@@ -57,18 +57,14 @@ OPEN_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
 
 
-def _error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": code, "message": message}).encode()
-
-
 ERROR_HEADERS: Mapping[str, str] = MappingProxyType({
     "Content-Type": "application/json; charset=utf-8",
     "Cache-Control": "no-store",
     **CORS_HEADERS,
 })
-UNKNOWN_HOST_BODY = _error_body(NotFound.code, "no application is published on this host")
-NO_ASSET_BODY = _error_body(NotFound.code, "no such file in this application")
-NOT_STORED_BODY = _error_body(NotFound.code, "this file is not stored (yet)")
+UNKNOWN_HOST_BODY = error_body(NotFound.code, "no application is published on this host")
+NO_ASSET_BODY = error_body(NotFound.code, "no such file in this application")
+NOT_STORED_BODY = error_body(NotFound.code, "this file is not stored (yet)")
 
 
 class Serving:
@@ -129,14 +125,11 @@ def _error(status: int, body: bytes, extra: Mapping[str, str] | None = None) -> 
 def _invalid_host(raw_host: str | None) -> web.Response:
     """400 for a ``Host`` that cannot name anything (RFC 9112 3.2): no KV read, nothing cached."""
     problem = "missing" if raw_host is None else hostnames.host_problem(raw_host) or "not a valid host name"
-    body = json.dumps({
-        "error": BadRequest.code, "message": f"Host: not a valid host name ({problem})", "field": "Host",
-    }).encode()
-    return _error(400, body)
+    return _error(400, error_body(BadRequest.code, f"Host: not a valid host name ({problem})", field="Host"))
 
 
 def _unsatisfiable(exc: RangeNotSatisfiable) -> web.Response:
-    body = _error_body(exc.code, str(exc))
+    body = error_body(exc.code, str(exc))
     return _error(exc.status, body, {"Content-Range": exc.content_range})
 
 

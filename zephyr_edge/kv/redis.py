@@ -34,6 +34,7 @@ from coredis.tokens import PureToken
 
 from zephyr_edge.settings.config import Port, secret
 from zephyr_edge.errors import BackendError, BackendUnavailable, ZephyrError, shorten
+from zephyr_edge.settings.validators import at_least
 from zephyr_edge.kv.base import KV, Delete, Op, Set, SetAdd, SetRemove
 from zephyr_edge.kv.redis_clients import Client, ClientProvider, ClientSettings
 from zephyr_edge.kv.redis_scripts import ATOMIC_IF, ATOMIC_IF_SHA, encode_atomic_if
@@ -56,13 +57,13 @@ class RedisOptions:
     port: Port = Port(6379)
     password: str = secret("", repr=False)
     tls: bool = False
-    db: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    db: int = attrs.field(default=0, validator=at_least(0))
     #: ACL user (Redis 6+); empty means the default user.
     username: str = ""
     #: CA bundle to verify the server's certificate with (default: the system store).
     tls_ca_file: str = ""
-    connect_timeout_ms: int = attrs.field(default=2000, validator=attrs.validators.gt(0))
-    command_timeout_ms: int = attrs.field(default=5000, validator=attrs.validators.gt(0))
+    connect_timeout_ms: int = attrs.field(default=2000, validator=at_least(1))
+    command_timeout_ms: int = attrs.field(default=5000, validator=at_least(1))
 
 
 class RedisKV(KV):

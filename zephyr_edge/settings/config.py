@@ -24,6 +24,7 @@ import attrs
 import cattrs
 
 from zephyr_edge.errors import ConfigError
+from zephyr_edge.settings.validators import at_least
 
 KEY_PREFIX = "ZE_WORKER_"
 CONFIG_FILE_KEY = "ZE_WORKER_CONFIG_JSON"
@@ -66,16 +67,6 @@ def key_of(field: attrs.Attribute, prefix: str = "") -> str:
     return KEY_PREFIX + (f"{prefix}_" if prefix else "") + field.name.upper()
 
 
-def _at_least(minimum: int) -> Any:
-    """An attrs validator: the value is an integer not below ``minimum``."""
-
-    def check(_instance: Any, _attribute: attrs.Attribute, value: int) -> None:
-        if value < minimum:
-            raise ValueError(f"expected an integer of at least {minimum}, got {value!r}")
-
-    return check
-
-
 @attrs.frozen
 class WorkerConfig:
     """The core worker settings (Zephyr's documented keys plus ours)."""
@@ -92,9 +83,9 @@ class WorkerConfig:
     storage_backend: str = "s3"
     kv_backend: str = "redis"
     data_dir: str = "zephyr-edge-data"
-    shutdown_grace_ms: int = attrs.field(default=20000, validator=_at_least(0))
-    readiness_timeout_ms: int = attrs.field(default=2000, validator=_at_least(1))
-    readiness_write_check_interval_ms: int = attrs.field(default=60000, validator=_at_least(100))
+    shutdown_grace_ms: int = attrs.field(default=20000, validator=at_least(0))
+    readiness_timeout_ms: int = attrs.field(default=2000, validator=at_least(1))
+    readiness_write_check_interval_ms: int = attrs.field(default=60000, validator=at_least(100))
     #: One JSON "Request handled" line per request (off by default: the ingress in front
     #: usually logs requests, and a line per request costs a third of a warm request's CPU).
     access_log: bool = False
@@ -103,37 +94,37 @@ class WorkerConfig:
     public_url: str = ""
     #: Once a request's first byte has arrived, its headers must arrive within this bound
     #: (408 and the connection closed otherwise: a slow client cannot hold it).
-    header_timeout_ms: int = attrs.field(default=10000, validator=_at_least(1))
+    header_timeout_ms: int = attrs.field(default=10000, validator=at_least(1))
     #: A connection on which no request has started (since it opened or since the last
     #: answer) is closed after this long; keep it above the proxy's idle timeout.
-    keepalive_timeout_ms: int = attrs.field(default=75000, validator=_at_least(1))
+    keepalive_timeout_ms: int = attrs.field(default=75000, validator=at_least(1))
     #: Largest accepted asset upload, in MiB (413 above it).
-    max_file_size_mb: int = attrs.field(default=256, validator=_at_least(1))
+    max_file_size_mb: int = attrs.field(default=256, validator=at_least(1))
     #: Most entries in a snapshot's ``assets`` (413 above it; the JSON is bounded by size too).
-    max_snapshot_assets: int = attrs.field(default=50000, validator=_at_least(1))
+    max_snapshot_assets: int = attrs.field(default=50000, validator=at_least(1))
     #: Byte budget of the in-process asset cache, in MiB (0 disables it).
-    cache_size_mb: int = attrs.field(default=128, validator=_at_least(0))
+    cache_size_mb: int = attrs.field(default=128, validator=at_least(0))
     #: Assets larger than this (KiB) are streamed from storage, never cached in process.
-    cache_max_asset_kb: int = attrs.field(default=1024, validator=_at_least(1))
+    cache_max_asset_kb: int = attrs.field(default=1024, validator=at_least(1))
     #: How long a hostname -> snapshot entry is trusted without asking the KV again.
-    host_cache_ttl_ms: int = attrs.field(default=5000, validator=_at_least(0))
+    host_cache_ttl_ms: int = attrs.field(default=5000, validator=at_least(0))
     #: How often each worker checks the publish counter to drop stale hostname entries.
-    invalidation_poll_ms: int = attrs.field(default=250, validator=_at_least(10))
+    invalidation_poll_ms: int = attrs.field(default=250, validator=at_least(10))
     #: Replication: parallel deliveries per target region.
-    replication_concurrency: int = attrs.field(default=4, validator=_at_least(1))
+    replication_concurrency: int = attrs.field(default=4, validator=at_least(1))
     #: Replication: bound of one sync request (a file body included).
-    replication_timeout_ms: int = attrs.field(default=120000, validator=_at_least(100))
+    replication_timeout_ms: int = attrs.field(default=120000, validator=at_least(100))
     #: Replication: longest pause between delivery rounds to an unreachable region
     #: (exponential backoff with jitter up to this).
-    replication_retry_max_ms: int = attrs.field(default=30000, validator=_at_least(10))
+    replication_retry_max_ms: int = attrs.field(default=30000, validator=at_least(10))
     #: Replication: how often the sender looks for new entries when idle.
-    replication_poll_ms: int = attrs.field(default=200, validator=_at_least(10))
+    replication_poll_ms: int = attrs.field(default=200, validator=at_least(10))
     #: Replication: a worker's claim on a target; another worker of the region takes over
     #: a target whose claim was not renewed for this long (a dead worker).
-    replication_lease_ms: int = attrs.field(default=15000, validator=_at_least(100))
+    replication_lease_ms: int = attrs.field(default=15000, validator=at_least(100))
     #: Replication: interval of the anti-entropy pass that compares with each target and
     #: sends what it lacks (0 disables it).
-    replication_anti_entropy_ms: int = attrs.field(default=600000, validator=_at_least(0))
+    replication_anti_entropy_ms: int = attrs.field(default=600000, validator=at_least(0))
 
 
 @attrs.frozen

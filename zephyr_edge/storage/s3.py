@@ -44,6 +44,7 @@ from zephyr_edge.storage.s3_errors import ErrorContext, error_code
 from zephyr_edge.storage.s3_io import EmptyBlob, S3Blob, parse_range, split_parts
 from zephyr_edge.storage.s3_slots import ConnectionSlots
 from zephyr_edge.settings.units import MiB
+from zephyr_edge.settings.validators import at_least
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,6 @@ ABORT_TIMEOUT_S = 10.0
 #: Configuration key of the pool size, named in messages.
 MAX_SOCKETS_KEY = "ZE_WORKER_S3_MAX_SOCKETS"
 
-_positive = attrs.validators.gt(0)
-
-
 @attrs.frozen
 class S3Options:
     """``ZE_WORKER_S3_*``: the S3 keys of Zephyr's documented worker."""
@@ -72,11 +70,11 @@ class S3Options:
     bucket: str = attrs.field()
     region: str = "us-east-1"
     force_path_style: bool = True
-    connection_timeout_ms: int = attrs.field(default=5000, validator=_positive)
-    request_timeout_ms: int = attrs.field(default=30000, validator=_positive)
-    upload_request_timeout_ms: int = attrs.field(default=60000, validator=_positive)
-    max_sockets: int = attrs.field(default=200, validator=_positive)
-    socket_acquisition_warning_timeout_ms: int = attrs.field(default=35000, validator=_positive)
+    connection_timeout_ms: int = attrs.field(default=5000, validator=at_least(1))
+    request_timeout_ms: int = attrs.field(default=30000, validator=at_least(1))
+    upload_request_timeout_ms: int = attrs.field(default=60000, validator=at_least(1))
+    max_sockets: int = attrs.field(default=200, validator=at_least(1))
+    socket_acquisition_warning_timeout_ms: int = attrs.field(default=35000, validator=at_least(1))
 
 
 def client_config(options: S3Options, read_timeout_ms: int) -> AioConfig:

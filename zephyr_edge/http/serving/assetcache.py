@@ -46,8 +46,6 @@ class AssetCache:
         self.max_asset_bytes = max_asset_bytes
         self.lru: ByteLRU[str] = ByteLRU(budget_bytes)
         self._flights: SingleFlight[str, bytes | None] = SingleFlight()
-        #: storage reads started (diagnostics and tests)
-        self.reads = 0
         self._incompressible: set[str] = set()
 
     def worth_encoding(self, cache_key: str) -> bool:
@@ -70,7 +68,6 @@ class AssetCache:
         return await self._flights.run(key, lambda: self._read(route.storage_key, key))
 
     async def _read(self, storage_key: str, cache_key: str) -> bytes | None:
-        self.reads += 1
         try:
             async with asyncio.timeout(READ_TIMEOUT_S):
                 async with await self.storage.get(storage_key) as blob:

@@ -88,7 +88,7 @@ class ByteLRU(Generic[K]):
     entry), least recently used evicted first. A value larger than the budget is not kept;
     a budget of 0 keeps nothing."""
 
-    __slots__ = ("budget", "_items", "_used", "hits", "misses", "evictions")
+    __slots__ = ("budget", "_items", "_used")
 
     def __init__(self, budget: int):
         if budget < 0:
@@ -96,7 +96,6 @@ class ByteLRU(Generic[K]):
         self.budget = budget
         self._items: OrderedDict[K, bytes] = OrderedDict()
         self._used = 0
-        self.hits = self.misses = self.evictions = 0
 
     @staticmethod
     def cost(value: bytes) -> int:
@@ -118,10 +117,8 @@ class ByteLRU(Generic[K]):
         """The value of ``key`` (marking it most recently used), or None."""
         value = self._items.get(key)
         if value is None:
-            self.misses += 1
             return None
         self._items.move_to_end(key)
-        self.hits += 1
         return value
 
     def put(self, key: K, value: bytes) -> bool:
@@ -135,7 +132,6 @@ class ByteLRU(Generic[K]):
         while self._used + cost > self.budget and self._items:
             _, evicted = self._items.popitem(last=False)
             self._used -= self.cost(evicted)
-            self.evictions += 1
         self._items[key] = value
         self._used += cost
         return True

@@ -151,8 +151,6 @@ class HostCache:
         self._entries: dict[str, HostEntry] = {}
         self._flights: SingleFlight[str, HostEntry] = SingleFlight()
         self._epoch = 0
-        #: how many times the cache was cleared (tests and diagnostics)
-        self.clears = 0
         #: the publish counter last read by :func:`watch_generation` (None: unknown)
         self.generation: int | None = None
         self._unsubscribe = catalog.on_hosts_written(self.invalidate)
@@ -234,7 +232,6 @@ class HostCache:
     def clear(self) -> None:
         """Forget every entry; lookups running now will not store their results."""
         self._epoch += 1
-        self.clears += 1
         self._entries.clear()
         self._flights.forget()
 

@@ -1,17 +1,13 @@
 """Helpers of the serving tests: workers on real backends (local files + SQLite in a tmp
 dir, or S3 on moto + Redis with a unique hash tag), deployments seeded through the
-Catalog and storage (not through the upload routes), and ``zephyr-edge serve`` processes."""
+Catalog and storage (not through the upload routes), and a test client of the serving
+app (``zephyr-edge serve`` processes: :class:`tests.e2e.worker.WorkerProcess`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,9 +28,6 @@ from tests.backends_support import delete_tagged_keys, empty_bucket, local_env, 
 SECRET = "serve-test-jwt-secret-0123456789abcdef"
 APP = "web.repo.org"
 EDGE = "ze.example.com"
-SCRIPT = str(Path(sys.executable).with_name("zephyr-edge"))
-#: Bound of a worker process's start and stop.
-PROCESS_TIMEOUT_S = 20.0
 
 
 @attrs.frozen
@@ -187,57 +180,3 @@ class CountingCalls:
 
     def restore(self) -> None:
         setattr(self._obj, self._name, self._real)
-
-
-# --- worker processes ------------------------------------------------------------------------
-
-
-class WorkerProcess:
-    """A ``zephyr-edge serve`` process; its output is drained by reader threads."""
-
-    def __init__(self, env: Mapping[str, str], cwd: Path, port: int):
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.output: list[str] = []
-        self.proc = subprocess.Popen(
-            [SCRIPT, "serve"], env=dict(env), cwd=cwd, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.output.append(line.rstrip("\n"))
-
-    def get(self, path: str, host: str, timeout: float = 2.0) -> tuple[int, bytes]:
-        request = urllib.request.Request(self.url + path, headers={"Host": host})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + PROCESS_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}:\n" + "\n".join(self.output[-30:]))
-            try:
-                if self.get("/readyz", "127.0.0.1")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("worker not ready:\n" + "\n".join(self.output[-30:]))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(PROCESS_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(PROCESS_TIMEOUT_S)
-        self._reader.join(5)

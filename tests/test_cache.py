@@ -28,7 +28,6 @@ from tests.serve_support import (
     APP,
     CountingCalls,
     Site,
-    WorkerProcess,
     create_bucket,
     deploy,
     load_config,
@@ -38,6 +37,7 @@ from tests.serve_support import (
     snapshot_of,
     version_host_of,
 )
+from tests.e2e.worker import WorkerProcess
 from tests.services import RedisServer, free_port
 
 TAG = "web-latest-ze.example.com"
@@ -457,12 +457,9 @@ async def test_publish_is_served_by_every_worker_process_within_a_second(kind, t
     base = {k: v for k, v in os.environ.items() if not k.startswith("ZE_WORKER_")}
     env = {**base, **backend.env, "ZE_WORKER_JWT_SECRET": "x" * 40, "ZE_WORKER_LISTEN_HOST": "127.0.0.1",
            "ZE_WORKER_LOG_LEVEL": "warn"}
-    workers = []
-    for _ in range(2):
-        port = free_port()
-        workers.append(WorkerProcess({**env, "ZE_WORKER_PORT": str(port)}, tmp_path, port))
+    workers = [WorkerProcess({**env, "ZE_WORKER_PORT": str(free_port())}, tmp_path) for _ in range(2)]
     try:
-        await asyncio.gather(*(asyncio.to_thread(w.wait_ready) for w in workers))
+        await asyncio.gather(*(w.start() for w in workers))
         async with contextlib.AsyncExitStack() as stack:
             storage = await stack.enter_async_context(cfg.storage.cls.open(cfg.storage.options, cfg.worker))
             kv = await stack.enter_async_context(cfg.kv.cls.open(cfg.kv.options, cfg.worker))
@@ -483,6 +480,6 @@ async def test_publish_is_served_by_every_worker_process_within_a_second(kind, t
                         await asyncio.sleep(0.01)
     finally:
         for worker in workers:
-            await asyncio.to_thread(worker.stop)
+            await worker.stop()
         await remove_everything(backend)
 

@@ -18,8 +18,9 @@ from zephyr_edge.domain import hostnames
 from zephyr_edge.catalog.records import Catalog
 
 from tests.serve_support import (
-    APP, SECRET, WorkerProcess, create_bucket, deploy, load_config, local_backend, remove_everything, s3_redis_backend,
+    APP, SECRET, create_bucket, deploy, load_config, local_backend, remove_everything, s3_redis_backend,
 )
+from tests.e2e.worker import WorkerProcess
 from tests.services import free_port
 from tests.upload_support import ingest_backend, snapshot_body, start_worker
 
@@ -93,10 +94,10 @@ async def test_accepting_worker_at_once_and_the_other_within_a_second(kind, tmp_
            "ZE_WORKER_LOG_LEVEL": "warn"}
     pages = {b: f"<!doctype html><title>v{b}</title>".encode() for b in ("1", "2")}
     token = jwt.encode({"application_uid": APP, "can_write": True, "exp": int(time.time()) + 600}, SECRET, "HS256")
-    workers = [WorkerProcess({**env, "ZE_WORKER_PORT": str(p)}, tmp_path, p) for p in (free_port(), free_port())]
+    workers = [WorkerProcess({**env, "ZE_WORKER_PORT": str(free_port())}, tmp_path) for _ in range(2)]
     accepting, other = workers
     try:
-        await asyncio.gather(*(asyncio.to_thread(w.wait_ready) for w in workers))
+        await asyncio.gather(*(w.start() for w in workers))
         async with contextlib.AsyncExitStack() as stack:
             storage = await stack.enter_async_context(cfg.storage.cls.open(cfg.storage.options, cfg.worker))
             kv = await stack.enter_async_context(cfg.kv.cls.open(cfg.kv.options, cfg.worker))
@@ -124,5 +125,5 @@ async def test_accepting_worker_at_once_and_the_other_within_a_second(kind, tmp_
                         await asyncio.sleep(0.01)
     finally:
         for worker in workers:
-            await asyncio.to_thread(worker.stop)
+            await worker.stop()
         await remove_everything(backend)

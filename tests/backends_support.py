@@ -1,13 +1,17 @@
 """The two backend setups of the worker-level tests (serving and ingest): the local pair in
 a tmp folder, or S3 on moto + Redis, each test with its own bucket and hash tag; and the
-clean-up of what such a test wrote."""
+clean-up of what such a test wrote (:class:`Backend` and its helpers, shared by
+``serve_support`` and ``upload_support``)."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import coredis
 from aiobotocore.session import get_session
 
@@ -74,3 +78,66 @@ async def delete_tagged_keys(redis_addr: tuple[str, int], tag: str) -> None:
         keys = [k async for k in client.scan_iter(match=f"{tag}*")]
         if keys:
             await client.delete(keys)
+
+
+@attrs.define
+class Backend:
+    """Where a test worker keeps its data (``s3``: an open client on the bucket, set by
+    :func:`s3_session`)."""
+
+    name: str
+    env: Mapping[str, str]
+    data_dir: Path
+    s3_endpoint: str | None = None
+    bucket: str | None = None
+    redis: tuple[str, int] | None = None
+    tag: str | None = None
+    s3: Any = None
+
+
+def local_backend(tmp_path: Path) -> Backend:
+    return Backend("local", local_env(tmp_path / "data"), tmp_path / "data")
+
+
+def s3_redis_backend(
+    tmp_path: Path, s3_endpoint: str, redis_addr: tuple[str, int], bucket_prefix: str, **extra: str
+) -> Backend:
+    env, bucket, tag = s3_redis_env(tmp_path / "data", s3_endpoint, redis_addr, bucket_prefix, **extra)
+    return Backend("s3-redis", env, tmp_path / "data", s3_endpoint, bucket, redis_addr, tag)
+
+
+async def create_bucket(backend: Backend) -> None:
+    """Create the test's bucket (nothing for the local backends)."""
+    if backend.bucket:
+        async with s3_client(backend.s3_endpoint) as s3:
+            await s3.create_bucket(Bucket=backend.bucket)
+
+
+async def remove_everything(backend: Backend, best_effort: bool = False) -> None:
+    """Delete the test's bucket (objects and pending multipart uploads) and Redis keys;
+    ``best_effort``: a Redis that is gone (a test stopped it) is not an error."""
+    if backend.bucket:
+        if backend.s3 is not None:
+            await empty_bucket(backend.s3, backend.bucket)
+        else:
+            async with s3_client(backend.s3_endpoint) as s3:
+                await empty_bucket(s3, backend.bucket)
+    if backend.redis:
+        try:
+            await delete_tagged_keys(backend.redis, backend.tag)
+        except Exception:
+            if not best_effort:
+                raise
+
+
+@contextlib.asynccontextmanager
+async def s3_session(backend: Backend) -> AsyncIterator[Backend]:
+    """Create the test's bucket; afterwards remove it and the test's Redis keys."""
+    async with s3_client(backend.s3_endpoint) as s3:
+        await s3.create_bucket(Bucket=backend.bucket)
+        backend.s3 = s3
+        try:
+            yield backend
+        finally:
+            await remove_everything(backend)
+            backend.s3 = None

@@ -23,52 +23,23 @@ from zephyr_edge.http.serving.handler import SERVING_KEY, Serving
 from zephyr_edge.domain.snapshot import Snapshot, parse_snapshot
 from zephyr_edge.storage.base import Storage
 
-from tests.backends_support import delete_tagged_keys, empty_bucket, local_env, s3_client, s3_redis_env
+from tests import backends_support
+from tests.backends_support import Backend, create_bucket, local_backend  # noqa: F401 (the serving tests' helpers)
 
 SECRET = "serve-test-jwt-secret-0123456789abcdef"
 APP = "web.repo.org"
 EDGE = "ze.example.com"
 
 
-@attrs.frozen
-class Backend:
-    """Where a test worker keeps its data."""
-
-    name: str
-    env: Mapping[str, str]
-    s3_endpoint: str | None = None
-    bucket: str | None = None
-    redis: tuple[str, int] | None = None
-    tag: str | None = None
-
-
-def local_backend(tmp_path: Path) -> Backend:
-    return Backend("local", local_env(tmp_path / "data"))
-
-
 def s3_redis_backend(tmp_path: Path, s3_endpoint: str, redis_addr: tuple[str, int]) -> Backend:
-    env, bucket, tag = s3_redis_env(
-        tmp_path / "data", s3_endpoint, redis_addr, "ze-serve", ZE_WORKER_REDIS_CONNECT_TIMEOUT_MS="500"
+    return backends_support.s3_redis_backend(
+        tmp_path, s3_endpoint, redis_addr, "ze-serve", ZE_WORKER_REDIS_CONNECT_TIMEOUT_MS="500"
     )
-    return Backend("s3-redis", env, s3_endpoint, bucket, redis_addr, tag)
-
-
-async def create_bucket(backend: Backend) -> None:
-    if backend.bucket:
-        async with s3_client(backend.s3_endpoint) as s3:
-            await s3.create_bucket(Bucket=backend.bucket)
 
 
 async def remove_everything(backend: Backend) -> None:
     """Delete the test's bucket and Redis keys (best effort: a test may have stopped Redis)."""
-    if backend.bucket:
-        async with s3_client(backend.s3_endpoint) as s3:
-            await empty_bucket(s3, backend.bucket)
-    if backend.redis:
-        try:
-            await delete_tagged_keys(backend.redis, backend.tag)
-        except Exception:
-            pass
+    await backends_support.remove_everything(backend, best_effort=True)
 
 
 def load_config(backend: Backend, **extra: str) -> config.Config:

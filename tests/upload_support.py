@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import attrs
 import coredis
 import jwt
 
@@ -27,7 +26,8 @@ from zephyr_edge.kv import local_sql
 from zephyr_edge.catalog.records import Catalog
 from zephyr_edge.storage.base import Storage
 
-from tests.backends_support import delete_tagged_keys, empty_bucket, local_env, s3_client, s3_redis_env
+from tests import backends_support
+from tests.backends_support import Backend, local_backend, remove_everything, s3_session  # noqa: F401 (the ingest tests' helpers)
 
 SECRET = "upload-test-jwt-secret-0123456789abcdef"
 APP = "web.repo.org"
@@ -36,49 +36,8 @@ OTHER_APP = "other.repo.org"
 PROBE_PREFIXES = ("_probe", ".ze-tmp-ping-")
 
 
-@attrs.define
-class Backend:
-    """Where a test worker stores things (``s3``: an open client on the bucket, set by
-    :func:`s3_session`)."""
-
-    name: str
-    env: Mapping[str, str]
-    data_dir: Path
-    s3_endpoint: str | None = None
-    bucket: str | None = None
-    redis: tuple[str, int] | None = None
-    tag: str | None = None
-    s3: Any = None
-
-
-def local_backend(tmp_path: Path) -> Backend:
-    return Backend("local", local_env(tmp_path / "data"), tmp_path / "data")
-
-
 def s3_redis_backend(tmp_path: Path, s3_endpoint: str, redis_addr: tuple[str, int]) -> Backend:
-    env, bucket, tag = s3_redis_env(tmp_path / "data", s3_endpoint, redis_addr, "ze-upload")
-    return Backend("s3-redis", env, tmp_path / "data", s3_endpoint, bucket, redis_addr, tag)
-
-
-@contextlib.asynccontextmanager
-async def s3_session(backend: Backend) -> AsyncIterator[Backend]:
-    """Create the test's bucket; afterwards remove it and the test's Redis keys."""
-    async with s3_client(backend.s3_endpoint) as s3:
-        await s3.create_bucket(Bucket=backend.bucket)
-        backend.s3 = s3
-        try:
-            yield backend
-        finally:
-            await remove_everything(backend)
-            backend.s3 = None
-
-
-async def remove_everything(backend: Backend) -> None:
-    """Delete the test's bucket (objects and pending multipart uploads) and Redis keys."""
-    if backend.bucket and backend.s3 is not None:
-        await empty_bucket(backend.s3, backend.bucket)
-    if backend.redis:
-        await delete_tagged_keys(backend.redis, backend.tag)
+    return backends_support.s3_redis_backend(tmp_path, s3_endpoint, redis_addr, "ze-upload")
 
 
 def load_config(backend: Backend, **extra: str) -> config.Config:

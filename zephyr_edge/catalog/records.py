@@ -47,7 +47,7 @@ import attrs
 
 from zephyr_edge.domain import hostnames
 from zephyr_edge.settings.config import WorkerConfig
-from zephyr_edge.errors import BackendError, BadRequest, Forbidden, NotFound
+from zephyr_edge.errors import BackendError, BadRequest, Forbidden, NotFound, shorten
 from zephyr_edge.kv.base import KV, Op, Set, SetAdd
 from zephyr_edge.domain.snapshot import InvalidLivePayload, Snapshot, load_live_payload
 from zephyr_edge.domain.stamps import Stamp, newer, next_stamp
@@ -386,7 +386,7 @@ def _normalized(hosts: Iterable[str], field: str) -> list[str]:
     for host in hosts:
         name = hostnames.normalize_host(host)
         if name is None:
-            raise BadRequest(f"{field}: invalid host name {host[:100]!r}", field=field)
+            raise BadRequest(f"{field}: invalid host name {shorten(host, 100)!r}", field=field)
         names.setdefault(name, None)
     return list(names)
 

@@ -34,7 +34,7 @@ import attrs
 from aiohttp import web
 
 from zephyr_edge.domain import hostnames
-from zephyr_edge.errors import BadRequest
+from zephyr_edge.errors import BadRequest, shorten
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def split_authority(authority: str, scheme: str, field: str) -> tuple[str, int |
     except ValueError:
         host = None
     if host is None:
-        raise BadRequest(f"{field}: not a valid host name or address: {authority[:100]!r}", field=field)
+        raise BadRequest(f"{field}: not a valid host name or address: {shorten(authority, 100)!r}", field=field)
     if port == DEFAULT_PORTS.get(scheme):
         port = None
     return host, port

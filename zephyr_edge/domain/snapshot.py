@@ -119,7 +119,7 @@ def _reject_constant(name: str) -> Any:
 def _finite_float(text: str) -> float:
     value = float(text)
     if math.isinf(value):
-        raise ValueError(f"the number {text[:40]} is out of range")
+        raise ValueError(f"the number {shorten(text, 40)} is out of range")
     return value
 
 
@@ -155,7 +155,7 @@ def load_json_object(body: bytes, field: str = "body") -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise _bad(field, f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
     except ValueError as exc:  # NaN, Infinity, an out-of-range number
-        raise _bad(field, f"invalid JSON: {str(exc)[:MAX_SHOWN_CHARS]}") from None
+        raise _bad(field, f"invalid JSON: {shorten(str(exc), MAX_SHOWN_CHARS)}") from None
     except RecursionError:
         raise _bad(field, "invalid JSON: nested too deeply") from None
     # Decoded strictly, the text itself holds no surrogate: only an escape can make one.

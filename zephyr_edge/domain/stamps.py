@@ -21,6 +21,8 @@ import time
 
 import attrs
 
+from zephyr_edge.errors import shorten
+
 _STAMP_RE = re.compile(r"(\d{1,20})\|(.{0,200})", re.DOTALL)
 
 
@@ -46,7 +48,7 @@ class Stamp:
         """The stamp written ``<ms>|<replica>`` (:class:`InvalidStamp` otherwise)."""
         match = _STAMP_RE.fullmatch(text) if isinstance(text, str) else None
         if match is None:
-            raise InvalidStamp(f"expected a stamp '<epoch ms>|<replica>', got {str(text)[:80]!r}")
+            raise InvalidStamp(f"expected a stamp '<epoch ms>|<replica>', got {shorten(str(text), 80)!r}")
         return cls(int(match.group(1)), match.group(2))
 
     @classmethod

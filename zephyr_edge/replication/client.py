@@ -30,6 +30,7 @@ import attrs
 from aiohttp_retry import ExponentialRetry, RetryClient
 from yarl import URL
 
+from zephyr_edge.errors import shorten
 from zephyr_edge.replication import protocol, synctoken
 from zephyr_edge.settings.redaction import without_userinfo
 from zephyr_edge.settings.units import MiB
@@ -231,7 +232,7 @@ class ReplicaClient:
             message = raw.decode("utf-8", "replace").strip() or response.reason or ""
         code = answer.get("error") if isinstance(answer, dict) else None
         raise DeliveryError(
-            f"{kind} to {self.target}: HTTP {status}: {message[:MAX_SHOWN_CHARS]}",
+            f"{kind} to {self.target}: HTTP {status}: {shorten(message, MAX_SHOWN_CHARS)}",
             status=status, permanent=status in protocol.PERMANENT_STATUSES,
             code=code if isinstance(code, str) else None,
         )

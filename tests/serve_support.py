@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,6 +45,21 @@ async def remove_everything(backend: Backend) -> None:
 
 def load_config(backend: Backend, **extra: str) -> config.Config:
     return config.load({"ZE_WORKER_JWT_SECRET": SECRET, "ZE_WORKER_LISTEN_HOST": "127.0.0.1", **backend.env, **extra})
+
+
+def backend_of(kind: str, tmp_path: Path, request: Any) -> Backend:
+    """The ``local`` or ``s3-redis`` backend of a test parametrized by ``kind``."""
+    if kind == "local":
+        return local_backend(tmp_path)
+    return s3_redis_backend(tmp_path, request.getfixturevalue("s3_endpoint"), request.getfixturevalue("redis_addr"))
+
+
+def process_env(backend: Backend) -> dict[str, str]:
+    """The environment of a ``zephyr-edge serve`` process on ``backend`` (port not set):
+    this process's environment without its ``ZE_WORKER_*`` keys, then the backend's."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ZE_WORKER_")}
+    return {**base, **backend.env, "ZE_WORKER_JWT_SECRET": SECRET, "ZE_WORKER_LISTEN_HOST": "127.0.0.1",
+            "ZE_WORKER_LOG_LEVEL": "warn"}
 
 
 # --- deployments -----------------------------------------------------------------------------

@@ -28,10 +28,12 @@ from tests.serve_support import (
     APP,
     CountingCalls,
     Site,
+    backend_of,
     create_bucket,
     deploy,
     load_config,
     local_backend,
+    process_env,
     remove_everything,
     s3_redis_backend,
     snapshot_of,
@@ -448,15 +450,10 @@ async def _get(session: aiohttp.ClientSession, worker: WorkerProcess, host: str)
 
 @pytest.mark.parametrize("kind", ["local", "s3-redis"])
 async def test_publish_is_served_by_every_worker_process_within_a_second(kind, tmp_path, request):
-    if kind == "local":
-        backend = local_backend(tmp_path)
-    else:
-        backend = s3_redis_backend(tmp_path, request.getfixturevalue("s3_endpoint"), request.getfixturevalue("redis_addr"))
+    backend = backend_of(kind, tmp_path, request)
     await create_bucket(backend)
     cfg = load_config(backend)
-    base = {k: v for k, v in os.environ.items() if not k.startswith("ZE_WORKER_")}
-    env = {**base, **backend.env, "ZE_WORKER_JWT_SECRET": "x" * 40, "ZE_WORKER_LISTEN_HOST": "127.0.0.1",
-           "ZE_WORKER_LOG_LEVEL": "warn"}
+    env = process_env(backend)
     workers = [WorkerProcess({**env, "ZE_WORKER_PORT": str(free_port())}, tmp_path) for _ in range(2)]
     try:
         await asyncio.gather(*(w.start() for w in workers))

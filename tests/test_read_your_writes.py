@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 
 import aiohttp
@@ -18,7 +17,7 @@ from zephyr_edge.domain import hostnames
 from zephyr_edge.catalog.records import Catalog
 
 from tests.serve_support import (
-    APP, SECRET, create_bucket, deploy, load_config, local_backend, remove_everything, s3_redis_backend,
+    APP, SECRET, backend_of, create_bucket, deploy, load_config, process_env, remove_everything,
 )
 from tests.e2e.worker import WorkerProcess
 from tests.services import free_port
@@ -83,15 +82,10 @@ async def test_a_snapshot_upload_serves_its_version_host_at_once(backend, aiohtt
 
 @pytest.mark.parametrize("kind", ["local", "s3-redis"])
 async def test_accepting_worker_at_once_and_the_other_within_a_second(kind, tmp_path, request):
-    if kind == "local":
-        backend = local_backend(tmp_path)
-    else:
-        backend = s3_redis_backend(tmp_path, request.getfixturevalue("s3_endpoint"), request.getfixturevalue("redis_addr"))
+    backend = backend_of(kind, tmp_path, request)
     await create_bucket(backend)
     cfg = load_config(backend)
-    base = {k: v for k, v in os.environ.items() if not k.startswith("ZE_WORKER_")}
-    env = {**base, **backend.env, "ZE_WORKER_JWT_SECRET": SECRET, "ZE_WORKER_LISTEN_HOST": "127.0.0.1",
-           "ZE_WORKER_LOG_LEVEL": "warn"}
+    env = process_env(backend)
     pages = {b: f"<!doctype html><title>v{b}</title>".encode() for b in ("1", "2")}
     token = jwt.encode({"application_uid": APP, "can_write": True, "exp": int(time.time()) + 600}, SECRET, "HS256")
     workers = [WorkerProcess({**env, "ZE_WORKER_PORT": str(free_port())}, tmp_path) for _ in range(2)]

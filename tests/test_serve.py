@@ -25,11 +25,10 @@ from zephyr_edge.storage.base import CHUNK_SIZE
 from tests.serve_support import (
     CountingCalls,
     Site,
+    backend_of,
     create_bucket,
     load_config,
-    local_backend,
     remove_everything,
-    s3_redis_backend,
     version_host_of,
 )
 
@@ -64,10 +63,7 @@ def brotli_available() -> bool:
 
 @pytest.fixture(params=["local", "s3-redis"])
 async def backend(request, tmp_path):
-    if request.param == "local":
-        chosen = local_backend(tmp_path)
-    else:
-        chosen = s3_redis_backend(tmp_path, request.getfixturevalue("s3_endpoint"), request.getfixturevalue("redis_addr"))
+    chosen = backend_of(request.param, tmp_path, request)
     await create_bucket(chosen)
     yield chosen
     await remove_everything(chosen)

@@ -2,8 +2,9 @@
 
 Backends translate their client library's exceptions into these at their boundary,
 keeping the original as ``__cause__`` (``raise BackendUnavailable(...) from exc``).
-The HTTP layer maps them to answers in one place (``app.error_middleware``); the CLI
-maps :class:`ConfigError` to exit code 2.
+The HTTP layer maps them to answers in one place (``http.answers.error_response``, from
+``http.app.error_middleware``); the CLI maps :class:`ConfigError` to exit status 2
+(``cli.exits.USAGE``). :func:`shorten` is the one way a value is cut for a message.
 """
 
 from __future__ import annotations

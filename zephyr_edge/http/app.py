@@ -10,7 +10,8 @@ Extension points:
   data path goes after ``health`` and serving's catch-all route goes last (next issue:
   ``upload.setup``, then ``handler.setup``);
 - errors: raise a :mod:`zephyr_edge.errors` exception anywhere below a handler;
-  :func:`error_middleware` is the one place they become HTTP answers.
+  :func:`error_middleware` is the one place they become HTTP answers (built by
+  :mod:`zephyr_edge.http.answers`).
 """
 
 from __future__ import annotations

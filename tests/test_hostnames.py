@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from zephyr_edge.domain import hostnames
-from zephyr_edge.settings.config import WorkerConfig
+from zephyr_edge.settings.fields import WorkerConfig
 from zephyr_edge.errors import ConfigError
 
 # (snapshot_id, label): expected labels computed outside Python with coreutils:

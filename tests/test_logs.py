@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from zephyr_edge.cli import logs
 from zephyr_edge.domain import tokens
-from zephyr_edge.settings.config import LogLevel
+from zephyr_edge.settings.fields import LogLevel
 from zephyr_edge.settings.redaction import Redactor
 
 SECRET = "jwt-secret-0123456789abcdef0123456789"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from zephyr_edge.settings.config import WorkerConfig
+from zephyr_edge.settings.fields import WorkerConfig
 from zephyr_edge.errors import BackendError, BackendUnavailable
 from zephyr_edge.kv.base import Set, SetAdd
 from zephyr_edge.kv.local import LocalKV

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from zephyr_edge.settings.config import WorkerConfig
+from zephyr_edge.settings.fields import WorkerConfig
 from zephyr_edge.kv.base import Op
 from zephyr_edge.kv.local import LocalKV
 from zephyr_edge.kv.testing import KVConformance, KeyFactory

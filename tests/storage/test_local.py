@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 
 from zephyr_edge import errors
-from zephyr_edge.settings.config import WorkerConfig
+from zephyr_edge.settings.fields import WorkerConfig
 from zephyr_edge.storage.local import OBJECTS_DIR, TEMP_PREFIX, LocalStorage
 from zephyr_edge.storage.testing import StorageConformance, fetch, new_key, pattern
 

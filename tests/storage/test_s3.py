@@ -23,7 +23,7 @@ from botocore import exceptions as bce
 from tests.services import MotoServer, free_port
 from zephyr_edge import errors, plugins
 from zephyr_edge.settings import config
-from zephyr_edge.settings.config import WorkerConfig
+from zephyr_edge.settings.fields import WorkerConfig
 from zephyr_edge.storage.s3 import MAX_ATTEMPTS, PART_SIZE, S3Options, S3Storage
 from zephyr_edge.storage.s3_errors import ErrorContext
 from zephyr_edge.storage.testing import StorageConformance, fetch, new_key, pattern

@@ -46,7 +46,7 @@ from typing import Any, Protocol
 import attrs
 
 from zephyr_edge.domain import hostnames
-from zephyr_edge.settings.config import WorkerConfig
+from zephyr_edge.settings.fields import WorkerConfig
 from zephyr_edge.errors import BackendError, BadRequest, Forbidden, NotFound, shorten
 from zephyr_edge.kv.base import KV, Op, Set, SetAdd
 from zephyr_edge.domain.snapshot import InvalidLivePayload, Snapshot, load_live_payload

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from zephyr_edge.cli import exits
 from zephyr_edge.domain import hostnames
-from zephyr_edge.settings.config import Config
+from zephyr_edge.settings.fields import Config
 from zephyr_edge.errors import BackendError, BackendUnavailable, Forbidden, NotFound, ZephyrError
 from zephyr_edge.catalog.records import Catalog, Version, VersionHostTaken
 from zephyr_edge.replication import outbox

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from zephyr_edge.domain import publicurl, tokens
-from zephyr_edge.settings.config import KEY_PREFIX, Config
+from zephyr_edge.settings.fields import KEY_PREFIX, Config
 from zephyr_edge.errors import ConfigError
 
 DEV_DATA_DIR = "zephyr-edge-data"

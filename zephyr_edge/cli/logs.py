@@ -58,7 +58,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web import BaseRequest, StreamResponse
 
-from zephyr_edge.settings.config import LogLevel
+from zephyr_edge.settings.fields import LogLevel
 from zephyr_edge.settings.redaction import MASK, Redactor
 
 SERVICE = "ze-k8s-workers"

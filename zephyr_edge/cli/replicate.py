@@ -30,7 +30,7 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from zephyr_edge.cli import exits
-from zephyr_edge.settings.config import Config, LogLevel
+from zephyr_edge.settings.fields import Config, LogLevel
 from zephyr_edge.errors import ZephyrError
 from zephyr_edge.catalog.records import Catalog
 from zephyr_edge.replication import antientropy, status

@@ -21,7 +21,7 @@ from aiohttp import web
 from zephyr_edge.cli import exits, logs
 from zephyr_edge.settings import redaction
 from zephyr_edge.http.app import make_app
-from zephyr_edge.settings.config import Config
+from zephyr_edge.settings.fields import Config
 from zephyr_edge.http.connections import BoundedAppRunner
 
 log = logging.getLogger(__name__)

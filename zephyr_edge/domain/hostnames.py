@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from zephyr_edge.errors import ConfigError
 
 if TYPE_CHECKING:
-    from zephyr_edge.settings.config import WorkerConfig
+    from zephyr_edge.settings.fields import WorkerConfig
 
 #: Zephyr's version label: the first 49 characters of the slug, "-", 9 hex chars of its sha256.
 LABEL_SLUG_CHARS = 49

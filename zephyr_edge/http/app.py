@@ -26,10 +26,11 @@ from zephyr_edge.http import auth, health
 from zephyr_edge.http.ingest import upload
 from zephyr_edge.http.serving import handler
 from zephyr_edge.settings import redaction
-from zephyr_edge.settings.config import Config
+from zephyr_edge.settings.fields import Config
 from zephyr_edge.errors import BackendError, BackendUnavailable, ZephyrError, shorten
 from zephyr_edge.http.answers import INTERNAL_MESSAGE, RETRY_AFTER_S, error_response, internal_error
-from zephyr_edge.http.appkeys import CATALOG_KEY, CONFIG_KEY, KV_KEY, READINESS_KEY, REDACTOR_KEY, STORAGE_KEY
+from zephyr_edge.http.appkeys import CATALOG_KEY, CONFIG_KEY, KV_KEY, REDACTOR_KEY, STORAGE_KEY
+from zephyr_edge.http.health import READINESS_KEY
 from zephyr_edge.catalog.records import Catalog
 from zephyr_edge.replication import feature as replication_feature
 from zephyr_edge.replication import outbox

@@ -35,7 +35,7 @@ from aiohttp import web
 
 from zephyr_edge.errors import BackendError
 from zephyr_edge.http import answers
-from zephyr_edge.http.appkeys import CONFIG_KEY, KV_KEY, READINESS_KEY, REDACTOR_KEY, STORAGE_KEY
+from zephyr_edge.http.appkeys import CONFIG_KEY, KV_KEY, REDACTOR_KEY, STORAGE_KEY
 from zephyr_edge.settings.redaction import Redactor
 from zephyr_edge.storage.base import Storage
 
@@ -101,6 +101,10 @@ class Readiness:
             log.info("Storage write check passes again", extra={"fields": fields})
         else:
             log.debug("Storage write check %s", "passed" if result.ok else "failed", extra={"fields": fields})
+
+
+#: Readiness state: the last storage write-check result (set by the health cleanup context).
+READINESS_KEY = web.AppKey("readiness", Readiness)
 
 
 def readiness_timeout_s(timeout_ms: int) -> float:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 
 if TYPE_CHECKING:
-    from zephyr_edge.settings.config import WorkerConfig
+    from zephyr_edge.settings.fields import WorkerConfig
 
 
 def _members(value: Iterable[bytes]) -> frozenset[bytes]:

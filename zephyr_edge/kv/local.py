@@ -26,7 +26,7 @@ from zephyr_edge.kv import local_sql
 from zephyr_edge.kv.base import KV, Op
 
 if TYPE_CHECKING:
-    from zephyr_edge.settings.config import WorkerConfig
+    from zephyr_edge.settings.fields import WorkerConfig
 
 log = logging.getLogger(__name__)
 

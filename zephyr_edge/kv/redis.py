@@ -19,7 +19,6 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import attrs
 from coredis.exceptions import (
     AuthenticationError,
     AuthorizationError,
@@ -32,38 +31,20 @@ from coredis.exceptions import (
 from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.tokens import PureToken
 
-from zephyr_edge.settings.config import Port, secret
 from zephyr_edge.errors import BackendError, BackendUnavailable, ZephyrError, shorten
-from zephyr_edge.settings.validators import at_least
 from zephyr_edge.kv.base import KV, Delete, Op, Set, SetAdd, SetRemove
 from zephyr_edge.kv.redis_clients import Client, ClientProvider, ClientSettings
+from zephyr_edge.kv.redis_options import RedisOptions
 from zephyr_edge.kv.redis_scripts import ATOMIC_IF, ATOMIC_IF_SHA, encode_atomic_if
 
 if TYPE_CHECKING:
-    from zephyr_edge.settings.config import WorkerConfig
+    from zephyr_edge.settings.fields import WorkerConfig
 
 T = TypeVar("T")
 
 #: Longest error message we pass on (pipeline errors quote whole values).
 MAX_MESSAGE_CHARS = 300
 _HASH_TAG = re.compile(r"\{([^}]+)\}")
-
-
-@attrs.frozen
-class RedisOptions:
-    """``ZE_WORKER_REDIS_*``: Zephyr's documented keys, then ours."""
-
-    host: str
-    port: Port = Port(6379)
-    password: str = secret("", repr=False)
-    tls: bool = False
-    db: int = attrs.field(default=0, validator=at_least(0))
-    #: ACL user (Redis 6+); empty means the default user.
-    username: str = ""
-    #: CA bundle to verify the server's certificate with (default: the system store).
-    tls_ca_file: str = ""
-    connect_timeout_ms: int = attrs.field(default=2000, validator=at_least(1))
-    command_timeout_ms: int = attrs.field(default=5000, validator=at_least(1))
 
 
 class RedisKV(KV):

@@ -26,7 +26,7 @@ from coredis.retry import NoRetryPolicy
 from zephyr_edge.errors import BackendError
 
 if TYPE_CHECKING:
-    from zephyr_edge.kv.redis import RedisOptions
+    from zephyr_edge.kv.redis_options import RedisOptions
 
 log = logging.getLogger(__name__)
 

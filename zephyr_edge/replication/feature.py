@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from zephyr_edge.settings.config import WorkerConfig
+from zephyr_edge.settings.fields import WorkerConfig
 from zephyr_edge.http.appkeys import CATALOG_KEY, CONFIG_KEY, STORAGE_KEY
 from zephyr_edge.replication import receiver, status
 from zephyr_edge.replication.client import ReplicaClient

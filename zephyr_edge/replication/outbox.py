@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 
 from zephyr_edge.domain import hostnames
-from zephyr_edge.settings.config import WorkerConfig
+from zephyr_edge.settings.fields import WorkerConfig
 from zephyr_edge.settings.redaction import without_userinfo
 from zephyr_edge.kv.base import KV, Delete, Op, Set, SetAdd, SetRemove
 

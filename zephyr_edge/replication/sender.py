@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from zephyr_edge.settings.config import WorkerConfig
+from zephyr_edge.settings.fields import WorkerConfig
 from zephyr_edge.catalog.records import Catalog
 from zephyr_edge.replication import antientropy, batch, status
 from zephyr_edge.replication.batch import Gone, Retry, is_permanent

@@ -36,7 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
-from zephyr_edge.settings.config import WorkerConfig
+from zephyr_edge.settings.fields import WorkerConfig
 from zephyr_edge.errors import BackendError
 from zephyr_edge.http import answers
 from zephyr_edge.http.appkeys import CONFIG_KEY, KV_KEY

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
-from zephyr_edge.settings.config import Config
+from zephyr_edge.settings.fields import Config
 
 MASK = "***"
 #: One letter or digit (any script): what a secret must not touch to be masked.

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 
 if TYPE_CHECKING:
-    from zephyr_edge.settings.config import WorkerConfig
+    from zephyr_edge.settings.fields import WorkerConfig
 
 #: Size of the chunks backends should yield when streaming an object out.
 CHUNK_SIZE = 256 * 1024

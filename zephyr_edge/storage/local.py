@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from zephyr_edge.settings.config import WorkerConfig
+from zephyr_edge.settings.fields import WorkerConfig
 from zephyr_edge.errors import BackendError, BackendUnavailable, BadRequest, NotFound
 from zephyr_edge.storage.base import CHUNK_SIZE, Blob, ObjectInfo, Storage
 

@@ -37,7 +37,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 from botocore.handlers import add_expect_header
 
-from zephyr_edge.settings.config import Url, WorkerConfig, secret
+from zephyr_edge.settings.fields import Url, WorkerConfig, secret
 from zephyr_edge.errors import BackendError, NotFound
 from zephyr_edge.storage.base import Blob, ObjectInfo, Storage
 from zephyr_edge.storage.s3_errors import ErrorContext, error_code

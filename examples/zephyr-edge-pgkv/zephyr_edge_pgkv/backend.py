@@ -39,12 +39,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import asyncpg
 import attrs
 
-from zephyr_edge.settings.config import secret
+from zephyr_edge.settings.fields import secret
 from zephyr_edge.errors import BackendError, BackendUnavailable
 from zephyr_edge.kv.base import KV, Delete, Op, Set, SetAdd, SetRemove
 
 if TYPE_CHECKING:
-    from zephyr_edge.settings.config import WorkerConfig
+    from zephyr_edge.settings.fields import WorkerConfig
 
 log = logging.getLogger(__name__)
 

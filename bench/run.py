@@ -539,14 +539,14 @@ async def publish(worker: Worker, snapshot_id: str, files: dict[str, UploadFile]
 
 
 async def publish_direct(snapshot_id: str, files: dict[str, UploadFile], env: dict[str, str]) -> str:
+    from zephyr_edge import plugins
     from zephyr_edge.settings import config as cfg
     from zephyr_edge.catalog.records import Catalog
     from zephyr_edge.domain.snapshot import parse_snapshot
 
     conf = cfg.load(env)
     host = hostnames.version_host(snapshot_id, EDGE_HOST, "-")
-    async with conf.storage.cls.open(conf.storage.options, conf.worker) as storage, \
-            conf.kv.cls.open(conf.kv.options, conf.worker) as kv:
+    async with plugins.open_storage(conf) as storage, plugins.open_kv(conf) as kv:
         catalog = Catalog(kv, conf.worker)
         for f in files.values():
             await storage.put_bytes(storage_key(f.hash), f.body)

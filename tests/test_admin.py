@@ -24,6 +24,7 @@ from zephyr_edge.settings import config
 from zephyr_edge.domain.hostnames import version_host
 from zephyr_edge.catalog.records import Catalog
 from zephyr_edge.domain.snapshot import Snapshot, parse_snapshot
+from zephyr_edge import plugins
 
 SCRIPT = str(Path(sys.executable).with_name("zephyr-edge"))
 JWT_SECRET = "jwt-secret-admin-0123456789abcdef01234567"
@@ -64,7 +65,7 @@ class Backend:
 
     @contextlib.asynccontextmanager
     async def catalog(self) -> AsyncIterator[Catalog]:
-        async with self.config.kv.cls.open(self.config.kv.options, self.config.worker) as kv:
+        async with plugins.open_kv(self.config) as kv:
             yield Catalog(kv, self.config.worker)
 
     async def seed(self, *snapshots: Snapshot) -> None:

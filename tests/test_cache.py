@@ -24,6 +24,7 @@ from zephyr_edge.kv.local import LocalKV
 from zephyr_edge.catalog.records import Catalog
 from zephyr_edge.http.serving.variants import Route, etag_matches
 from zephyr_edge.domain.snapshot import Asset
+from zephyr_edge import plugins
 from tests.serve_support import (
     APP,
     CountingCalls,
@@ -458,8 +459,8 @@ async def test_publish_is_served_by_every_worker_process_within_a_second(kind, t
     try:
         await asyncio.gather(*(w.start() for w in workers))
         async with contextlib.AsyncExitStack() as stack:
-            storage = await stack.enter_async_context(cfg.storage.cls.open(cfg.storage.options, cfg.worker))
-            kv = await stack.enter_async_context(cfg.kv.cls.open(cfg.kv.options, cfg.worker))
+            storage = await stack.enter_async_context(plugins.open_storage(cfg))
+            kv = await stack.enter_async_context(plugins.open_kv(cfg))
             catalog = Catalog(kv, cfg.worker)
             await deploy(catalog, storage, "1", files("1"), hosts=(TAG,))
             await deploy(catalog, storage, "2", files("2"))

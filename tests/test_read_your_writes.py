@@ -15,6 +15,7 @@ import pytest
 
 from zephyr_edge.domain import hostnames
 from zephyr_edge.catalog.records import Catalog
+from zephyr_edge import plugins
 
 from tests.serve_support import (
     APP, SECRET, backend_of, create_bucket, deploy, load_config, process_env, remove_everything,
@@ -93,8 +94,8 @@ async def test_accepting_worker_at_once_and_the_other_within_a_second(kind, tmp_
     try:
         await asyncio.gather(*(w.start() for w in workers))
         async with contextlib.AsyncExitStack() as stack:
-            storage = await stack.enter_async_context(cfg.storage.cls.open(cfg.storage.options, cfg.worker))
-            kv = await stack.enter_async_context(cfg.kv.cls.open(cfg.kv.options, cfg.worker))
+            storage = await stack.enter_async_context(plugins.open_storage(cfg))
+            kv = await stack.enter_async_context(plugins.open_kv(cfg))
             catalog = Catalog(kv, cfg.worker)
             for build, page in pages.items():
                 await deploy(catalog, storage, build, {"index.html": page}, hosts=(TAG_HOST,) if build == "1" else ())

@@ -24,6 +24,7 @@ from zephyr_edge.catalog.records import Catalog, VersionHostTaken
 from zephyr_edge.replication import outbox
 from zephyr_edge.domain.snapshot import parse_snapshot
 from zephyr_edge.domain.stamps import Stamp
+from zephyr_edge import plugins
 from tests.upload_support import snapshot_body
 
 APP = "web.repo.org"
@@ -111,7 +112,7 @@ async def open_catalog(kind: str, tmp_path, redis_addr=None, **extra: str) -> As
         env["ZE_WORKER_KV_BACKEND"] = "local"
     cfg = config.load(env)
     try:
-        async with cfg.kv.cls.open(cfg.kv.options, cfg.worker) as inner:
+        async with plugins.open_kv(cfg) as inner:
             kv = RecordingKV(inner)
             yield Setup(Catalog(kv, cfg.worker, outbox.journal_for(kv, cfg.worker)), kv, tag)
     finally:

@@ -1,14 +1,24 @@
-"""Backend discovery through entry points: one group per kind, built-ins included.
+"""Backends as plugins: discovery through entry points (one group per kind, built-ins
+included) and opening the configured ones.
 
 Only the selected backend is imported. An unknown name fails with the installed names.
+:func:`open_storage` and :func:`open_kv` are the one place that calls a backend's
+``open()``: the worker, the admin commands and the tests all go through them.
 """
 
 from __future__ import annotations
 
 import inspect
+from contextlib import AbstractAsyncContextManager
 from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING
 
 from zephyr_edge.errors import ConfigError, PluginNotFound
+from zephyr_edge.settings.fields import Config
+
+if TYPE_CHECKING:
+    from zephyr_edge.kv.base import KV
+    from zephyr_edge.storage.base import Storage
 
 #: Entry-point group of each backend kind.
 GROUPS = {"storage": "zephyr_edge.storage", "kv": "zephyr_edge.kv"}
@@ -49,3 +59,13 @@ def _base(kind: str) -> type:
     from zephyr_edge.kv.base import KV
 
     return KV
+
+
+def open_storage(config: Config) -> AbstractAsyncContextManager[Storage]:
+    """The configured storage backend, open for the ``async with`` block."""
+    return config.storage.cls.open(config.storage.options, config.worker)
+
+
+def open_kv(config: Config) -> AbstractAsyncContextManager[KV]:
+    """The configured KV backend, open for the ``async with`` block."""
+    return config.kv.cls.open(config.kv.options, config.worker)

@@ -36,6 +36,7 @@ from yarl import URL
 from tests.services import free_port
 from zephyr_edge.settings import config
 from zephyr_edge.catalog.records import Catalog
+from zephyr_edge import plugins
 
 SCRIPT = str(Path(sys.executable).with_name("zephyr-edge"))
 START_TIMEOUT_S = 30.0
@@ -290,7 +291,7 @@ async def start_worker(
 async def open_catalog(env: Mapping[str, str]) -> AsyncIterator[Catalog]:
     """The catalog of the worker configured by ``env`` (its real KV backend)."""
     cfg = config.load(env)
-    async with cfg.kv.cls.open(cfg.kv.options, cfg.worker) as kv:
+    async with plugins.open_kv(cfg) as kv:
         yield Catalog(kv, cfg.worker)
 
 

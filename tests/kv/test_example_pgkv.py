@@ -74,7 +74,7 @@ async def drop_tables(prefix: str) -> None:
 
 @contextlib.asynccontextmanager
 async def opened(cfg: config.Config) -> AsyncIterator:
-    async with cfg.kv.cls.open(cfg.kv.options, cfg.worker) as kv:
+    async with plugins.open_kv(cfg) as kv:
         yield kv
 
 

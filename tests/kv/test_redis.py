@@ -20,6 +20,7 @@ from zephyr_edge.errors import BackendError, BackendUnavailable, ConfigError
 from zephyr_edge.kv.base import Set, SetAdd
 from zephyr_edge.kv.redis import RedisClusterKV, RedisKV
 from zephyr_edge.kv.testing import KVConformance
+from zephyr_edge import plugins
 
 SECRET = "s3cret-never-shown"
 #: Tags spread over every master of a 3-master cluster.
@@ -44,7 +45,7 @@ def load(backend: str, host: str, port: int, **settings: object) -> config.Confi
 @contextlib.asynccontextmanager
 async def open_kv(backend: str, host: str, port: int, **settings: object) -> AsyncIterator[RedisKV]:
     cfg = load(backend, host, port, **settings)
-    async with cfg.kv.cls.open(cfg.kv.options, cfg.worker) as kv:
+    async with plugins.open_kv(cfg) as kv:
         yield kv
 
 
@@ -184,7 +185,7 @@ def test_invalid_options_are_all_reported():
 async def test_unreadable_ca_file_is_reported_at_open(tmp_path):
     cfg = load("redis", "127.0.0.1", 6379, tls="true", tls_ca_file=tmp_path / "missing.pem")
     with pytest.raises(BackendError, match="ZE_WORKER_REDIS_TLS_CA_FILE"):
-        async with cfg.kv.cls.open(cfg.kv.options, cfg.worker):
+        async with plugins.open_kv(cfg):
             pass
 
 

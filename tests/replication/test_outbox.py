@@ -18,6 +18,7 @@ from zephyr_edge.settings import config
 from zephyr_edge.replication import outbox, status
 from zephyr_edge.replication.outbox import Entry, Leases, Outbox, TargetStatus, journal_for
 from zephyr_edge.domain.stamps import Stamp
+from zephyr_edge import plugins
 
 T1, T2 = "http://127.0.0.1:9/one", "http://127.0.0.1:9/two/"
 TARGETS = [T1, T2.rstrip("/")]
@@ -26,7 +27,7 @@ TARGETS = [T1, T2.rstrip("/")]
 @contextlib.asynccontextmanager
 async def opened(backend, **extra) -> AsyncIterator:
     config = load_config(backend, ZE_WORKER_REPLICA_NAME="us", ZE_WORKER_REPLICAS_URLS=json.dumps([T1, T2]), **extra)
-    async with config.kv.cls.open(config.kv.options, config.worker) as kv:
+    async with plugins.open_kv(config) as kv:
         yield Outbox(kv, config.worker, [T1, T2])
 
 
@@ -208,7 +209,7 @@ async def test_a_target_taken_out_of_the_configuration_is_shown_then_forgotten(b
     region = backends("us")
     both = load_config(region, ZE_WORKER_REPLICA_NAME="us", ZE_WORKER_REPLICAS_URLS="http://eu.test,http://ap.test")
     only_eu = load_config(region, ZE_WORKER_REPLICA_NAME="us", ZE_WORKER_REPLICAS_URLS="http://eu.test")
-    async with both.kv.cls.open(both.kv.options, both.worker) as kv:
+    async with plugins.open_kv(both) as kv:
         box = Outbox(kv, both.worker, ["http://eu.test", "http://ap.test"])
         for i in range(3):
             await kv.atomic(await box.record("file", {"application_uid": APP, "hash": f"{i:064x}", "filename": "a.js"}))

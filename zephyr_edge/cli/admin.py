@@ -28,6 +28,7 @@ from zephyr_edge.errors import BackendError, BackendUnavailable, Forbidden, NotF
 from zephyr_edge.catalog.records import Catalog, Version, VersionHostTaken
 from zephyr_edge.replication import outbox
 from zephyr_edge.domain.snapshot import InvalidLivePayload
+from zephyr_edge import plugins
 
 T = TypeVar("T")
 
@@ -77,7 +78,7 @@ def parse_hosts(values: Sequence[str]) -> tuple[str, ...]:
 
 def _run(config: Config, work: Callable[[Catalog], Awaitable[T]]) -> T:
     async def main() -> T:
-        async with config.kv.cls.open(config.kv.options, config.worker) as kv:
+        async with plugins.open_kv(config) as kv:
             async with asyncio.timeout(COMMAND_TIMEOUT_S):
                 return await work(Catalog(kv, config.worker, outbox.journal_for(kv, config.worker)))
 

@@ -37,6 +37,7 @@ from zephyr_edge.replication import antientropy, status
 from zephyr_edge.replication.feature import client_factory
 from zephyr_edge.replication.outbox import Outbox, target_name
 from zephyr_edge.settings.redaction import without_userinfo
+from zephyr_edge import plugins
 
 log = logging.getLogger(__name__)
 
@@ -124,21 +125,21 @@ def fields(r: antientropy.Report, target: str) -> dict[str, Any]:
 async def resync(config: Config, url: str, progress: Progress | None = None) -> antientropy.Report:
     """One anti-entropy pass from this region's backends to ``url``."""
     worker = config.worker
-    async with config.storage.cls.open(config.storage.options, worker) as storage:
-        async with config.kv.cls.open(config.kv.options, worker) as kv:
+    async with plugins.open_storage(config) as storage:
+        async with plugins.open_kv(config) as kv:
             async with client_factory(worker, worker.replica_name or DEFAULT_SOURCE)(url) as client:
                 return await antientropy.reconcile(Catalog(kv, worker), storage, client,
                                                    concurrency=worker.replication_concurrency, progress=progress)
 
 
 async def forget(config: Config, url: str) -> int:
-    async with config.kv.cls.open(config.kv.options, config.worker) as kv:
+    async with plugins.open_kv(config) as kv:
         async with asyncio.timeout(STATUS_TIMEOUT_S):
             return await Outbox(kv, config.worker, []).forget(url)
 
 
 async def read_status(config: Config) -> dict[str, Any]:
-    async with config.kv.cls.open(config.kv.options, config.worker) as kv:
+    async with plugins.open_kv(config) as kv:
         async with asyncio.timeout(STATUS_TIMEOUT_S):
             return await status.read_status(kv, config.worker)
 

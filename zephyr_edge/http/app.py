@@ -35,6 +35,7 @@ from zephyr_edge.catalog.records import Catalog
 from zephyr_edge.replication import feature as replication_feature
 from zephyr_edge.replication import outbox
 from zephyr_edge.domain.snapshot import APPLICATION_UID_RE
+from zephyr_edge import plugins
 
 __all__ = [
     "CATALOG_KEY", "CONFIG_KEY", "FEATURES", "KV_KEY", "READINESS_KEY", "REDACTOR_KEY", "RETRY_AFTER_S",
@@ -70,9 +71,9 @@ async def backends_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
     async with contextlib.AsyncExitStack() as stack:
         app[STORAGE_KEY] = await stack.enter_async_context(
-            config.storage.cls.open(config.storage.options, config.worker)
+            plugins.open_storage(config)
         )
-        app[KV_KEY] = await stack.enter_async_context(config.kv.cls.open(config.kv.options, config.worker))
+        app[KV_KEY] = await stack.enter_async_context(plugins.open_kv(config))
         app[CATALOG_KEY] = Catalog(app[KV_KEY], config.worker, outbox.journal_for(app[KV_KEY], config.worker))
         log.info(
             "Backends opened",

@@ -39,7 +39,8 @@ from zephyr_edge.http.serving.hostcache import HostCache, watch_generation
 from zephyr_edge.http.answers import error_body
 from zephyr_edge.http.appkeys import CATALOG_KEY, CONFIG_KEY, STORAGE_KEY
 from zephyr_edge.http.serving.resolve import RangeNotSatisfiable, parse_range
-from zephyr_edge.http.serving.variants import CORS_HEADERS, Route, Variant, etag_matches, preflight_headers
+from zephyr_edge.http.serving.choice import choose
+from zephyr_edge.http.serving.variants import CORS_HEADERS, Route, Variant, preflight_headers
 from zephyr_edge.domain.snapshot import Asset
 from zephyr_edge.storage.base import Storage
 from zephyr_edge.settings.units import KiB, MiB
@@ -147,23 +148,19 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if route is None:
         return _error(404, NO_ASSET_BODY)
 
-    range_header = headers.get(hdrs.RANGE)
-    if range_header is not None:
-        if_range = headers.get(hdrs.IF_RANGE)
-        if if_range is not None and if_range.strip() != route.identity.etag:
-            range_header = None  # the client's copy is outdated: send everything
-    codec = None
-    if route.encodable and range_header is None:
-        accept = headers.get(hdrs.ACCEPT_ENCODING)
-        if accept:
-            codec = (serving.stream_negotiator if route.stream else serving.negotiator).choose(accept)
-    variant = route.variant(codec)
-    if variant.codec is not None and not serving.assets.worth_encoding(variant.cache_key):
-        variant = route.identity  # compressing this body does not pay: see assetcache
-    codec = variant.codec
-    if_none_match = headers.get(hdrs.IF_NONE_MATCH)
-    if if_none_match is not None and etag_matches(if_none_match, variant.etag):
+    choice = choose(
+        route,
+        accept_encoding=headers.get(hdrs.ACCEPT_ENCODING),
+        range_header=headers.get(hdrs.RANGE),
+        if_range=headers.get(hdrs.IF_RANGE),
+        if_none_match=headers.get(hdrs.IF_NONE_MATCH),
+        negotiator=serving.stream_negotiator if route.stream else serving.negotiator,
+        worth_encoding=serving.assets.worth_encoding,
+    )
+    variant, range_header = choice.variant, choice.range
+    if choice.not_modified:
         return web.Response(status=304, headers=variant.not_modified_headers)
+    codec = variant.codec
 
     if not route.stream:
         data = serving.assets.get(variant.cache_key)

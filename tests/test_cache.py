@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -207,7 +208,7 @@ class FakeClock:
 @pytest.fixture
 async def catalog(tmp_path):
     worker = load_config(local_backend(tmp_path)).worker
-    async with LocalKV.open(None, worker) as kv:
+    async with LocalKV.open(None, Path(worker.data_dir)) as kv:
         yield Catalog(kv, worker)
 
 

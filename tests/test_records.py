@@ -39,7 +39,7 @@ class RecordingKV(KV):
         self.keys: set[str] = set()
 
     @classmethod
-    def open(cls, options, worker):  # pragma: no cover - never opened by name
+    def open(cls, options, data_dir):  # pragma: no cover - never opened by name
         raise NotImplementedError
 
     def _seen(self, *keys: str) -> None:

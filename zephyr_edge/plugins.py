@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING
 
@@ -63,9 +64,9 @@ def _base(kind: str) -> type:
 
 def open_storage(config: Config) -> AbstractAsyncContextManager[Storage]:
     """The configured storage backend, open for the ``async with`` block."""
-    return config.storage.cls.open(config.storage.options, config.worker)
+    return config.storage.cls.open(config.storage.options, Path(config.worker.data_dir))
 
 
 def open_kv(config: Config) -> AbstractAsyncContextManager[KV]:
     """The configured KV backend, open for the ``async with`` block."""
-    return config.kv.cls.open(config.kv.options, config.worker)
+    return config.kv.cls.open(config.kv.options, Path(config.worker.data_dir))

@@ -252,7 +252,7 @@ async def test_atomic_if_blocks_writers_of_keys_expected_absent(kv, kv2):
 
 
 @pytest.mark.asyncio
-async def test_the_suite_catches_atomic_if_without_claiming_absent_keys(pg_config):
+async def test_the_suite_catches_atomic_if_without_claiming_absent_keys(pg_config, tmp_path):
     """Without the placeholder rows, a set_if_absent slips in between the check and the
     write of an atomic_if expecting the key absent, and the shipped suite notices."""
 
@@ -263,8 +263,8 @@ async def test_the_suite_catches_atomic_if_without_claiming_absent_keys(pg_confi
             return all(current.get(key) == want for key, want in expect.items())
 
     keys = KeyFactory()
-    async with NoClaim.open(pg_config.kv.options, pg_config.worker) as kv, \
-            NoClaim.open(pg_config.kv.options, pg_config.worker) as kv2:
+    async with NoClaim.open(pg_config.kv.options, tmp_path) as kv, \
+            NoClaim.open(pg_config.kv.options, tmp_path) as kv2:
         with pytest.raises(AssertionError, match="expected one"):
             await KVConformance().test_atomic_if_expecting_absent_races_set_if_absent(kv, kv2, keys)
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from zephyr_edge.settings.fields import WorkerConfig
 from zephyr_edge.errors import BackendError, BackendUnavailable
 from zephyr_edge.kv.base import Set, SetAdd
 from zephyr_edge.kv.local import LocalKV
@@ -42,7 +41,7 @@ CHILD = textwrap.dedent(
                 sys.exit("no go file")
             await asyncio.sleep(0.01)
         wins = []
-        async with LocalKV.open(None, WorkerConfig(jwt_secret="t", data_dir=data_dir)) as kv:
+        async with LocalKV.open(None, Path(data_dir)) as kv:
             for i in range(ops):
                 await kv.incr("{t}:counter")
                 if await kv.set_if_absent(f"{{t}}:nx-{i % nx_keys}", str(worker).encode()):
@@ -55,10 +54,6 @@ CHILD = textwrap.dedent(
 )
 
 
-def worker(data_dir: Path) -> WorkerConfig:
-    return WorkerConfig(jwt_secret="test-secret", data_dir=str(data_dir))
-
-
 def unusable_dir(tmp_path: Path) -> Path:
     """A data dir that cannot exist: its parent is a regular file."""
     blocker = tmp_path / "a-file"
@@ -69,25 +64,25 @@ def unusable_dir(tmp_path: Path) -> Path:
 class TestLocalKV(KVConformance):
     @pytest_asyncio.fixture
     async def kv(self, tmp_path):
-        async with LocalKV.open(None, worker(tmp_path)) as kv:
+        async with LocalKV.open(None, tmp_path) as kv:
             yield kv
 
     @pytest_asyncio.fixture
     async def kv2(self, tmp_path, kv):
-        async with LocalKV.open(None, worker(tmp_path)) as second:
+        async with LocalKV.open(None, tmp_path) as second:
             yield second
 
     @pytest_asyncio.fixture
     async def unreachable_kv(self, tmp_path):
-        async with LocalKV.open(None, worker(unusable_dir(tmp_path))) as kv:
+        async with LocalKV.open(None, unusable_dir(tmp_path)) as kv:
             yield kv
 
 
 async def test_data_survives_close_and_reopen(tmp_path):
-    async with LocalKV.open(None, worker(tmp_path)) as kv:
+    async with LocalKV.open(None, tmp_path) as kv:
         await kv.atomic([Set("{t}:env", b"snapshot-1"), SetAdd("{t}:hashes", [b"h1", b"h2"])])
         assert await kv.incr("{t}:n") == 1
-    async with LocalKV.open(None, worker(tmp_path)) as kv:
+    async with LocalKV.open(None, tmp_path) as kv:
         assert await kv.get("{t}:env") == b"snapshot-1"
         assert await kv.smembers("{t}:hashes") == {b"h1", b"h2"}
         assert await kv.incr("{t}:n") == 2
@@ -115,7 +110,7 @@ async def test_processes_sharing_a_folder_count_correctly(tmp_path):
     wins = [json.loads(out) for out, _ in outputs]
     per_key = [sum(w.count(k) for w in wins) for k in range(NX_KEYS)]
     assert per_key == [1] * NX_KEYS, f"set_if_absent winners per key: {per_key}"
-    async with LocalKV.open(None, worker(tmp_path)) as kv:
+    async with LocalKV.open(None, tmp_path) as kv:
         assert await kv.get("{t}:counter") == str(PROCESSES * OPS_PER_PROCESS).encode()
         assert len(await kv.smembers("{t}:members")) == PROCESSES * OPS_PER_PROCESS
         winners = await kv.get_many([f"{{t}}:nx-{k}" for k in range(NX_KEYS)])
@@ -125,7 +120,7 @@ async def test_processes_sharing_a_folder_count_correctly(tmp_path):
 
 async def test_unusable_folder_opens_then_recovers(tmp_path):
     data_dir = unusable_dir(tmp_path)
-    async with LocalKV.open(None, worker(data_dir)) as kv:  # must not raise
+    async with LocalKV.open(None, data_dir) as kv:  # must not raise
         with pytest.raises(BackendUnavailable) as caught:
             await kv.ping()
         message = str(caught.value)
@@ -137,7 +132,7 @@ async def test_unusable_folder_opens_then_recovers(tmp_path):
 
 
 async def test_event_loop_runs_while_waiting_for_the_write_lock(tmp_path):
-    async with LocalKV.open(None, worker(tmp_path)) as kv:
+    async with LocalKV.open(None, tmp_path) as kv:
         await kv.set("{t}:k", b"before")
         holder = sqlite3.connect(tmp_path / "kv" / "kv.sqlite3", isolation_level=None)
         try:
@@ -164,7 +159,7 @@ async def test_event_loop_runs_while_waiting_for_the_write_lock(tmp_path):
 
 
 async def test_incr_on_a_non_integer_is_a_backend_error(tmp_path):
-    async with LocalKV.open(None, worker(tmp_path)) as kv:
+    async with LocalKV.open(None, tmp_path) as kv:
         await kv.set("{t}:k", b"not a number")
         with pytest.raises(BackendError) as caught:
             await kv.incr("{t}:k")
@@ -173,7 +168,7 @@ async def test_incr_on_a_non_integer_is_a_backend_error(tmp_path):
 
 
 async def test_closed_backend_raises_backend_error(tmp_path):
-    async with LocalKV.open(None, worker(tmp_path)) as kv:
+    async with LocalKV.open(None, tmp_path) as kv:
         pass
     started = time.monotonic()
     with pytest.raises(BackendError, match="closed"):
@@ -254,7 +249,7 @@ async def test_a_database_of_the_earlier_layout_is_migrated_on_open(tmp_path, ca
     old.close()
 
     caplog.set_level("INFO", logger="zephyr_edge.kv.local_sql")
-    async with LocalKV.open(None, worker(tmp_path)) as kv:
+    async with LocalKV.open(None, tmp_path) as kv:
         assert await kv.get("k20-big") == b"x" * BIG_VALUE_BYTES
         assert await kv.get_many(["k00", "k39", "nope"]) == [b"small 0", b"small 39", None]
         assert await kv.smembers("s") == {b"a", b"b"}

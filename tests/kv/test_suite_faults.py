@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from zephyr_edge.settings.fields import WorkerConfig
 from zephyr_edge.kv.base import Op
 from zephyr_edge.kv.local import LocalKV
 from zephyr_edge.kv.testing import KVConformance, KeyFactory
@@ -96,8 +95,7 @@ def _id(value: object) -> str:
 
 @contextlib.asynccontextmanager
 async def two_instances(cls: type[LocalKV], folder: Path) -> AsyncIterator[tuple[LocalKV, LocalKV]]:
-    worker = WorkerConfig(jwt_secret="test-secret", data_dir=str(folder))
-    async with cls.open(None, worker) as kv, cls.open(None, worker) as kv2:
+    async with cls.open(None, folder) as kv, cls.open(None, folder) as kv2:
         yield kv, kv2
 
 

@@ -11,16 +11,11 @@ import pytest
 import pytest_asyncio
 
 from zephyr_edge import errors
-from zephyr_edge.settings.fields import WorkerConfig
 from zephyr_edge.storage.local import OBJECTS_DIR, TEMP_PREFIX, LocalStorage
 from zephyr_edge.storage.testing import StorageConformance, fetch, new_key, pattern
 
 PROCESSES = 6
 PROCESS_OBJECT_SIZE = 3 * 1024 * 1024
-
-
-def worker_config(data_dir: Path) -> WorkerConfig:
-    return WorkerConfig(jwt_secret="not-used", data_dir=str(data_dir))
 
 
 def temp_files(root: Path) -> list[Path]:
@@ -30,20 +25,20 @@ def temp_files(root: Path) -> list[Path]:
 class TestLocalStorage(StorageConformance):
     @pytest_asyncio.fixture
     async def storage(self, tmp_path):
-        async with LocalStorage.open(None, worker_config(tmp_path / "data")) as backend:
+        async with LocalStorage.open(None, tmp_path / "data") as backend:
             yield backend
         assert temp_files(tmp_path) == [], "a temporary file was left behind"
 
     @pytest_asyncio.fixture
     async def second_storage(self, storage, tmp_path):
-        async with LocalStorage.open(None, worker_config(tmp_path / "data")) as backend:
+        async with LocalStorage.open(None, tmp_path / "data") as backend:
             yield backend
 
     @pytest_asyncio.fixture
     async def unreachable_storage(self, tmp_path):
         blocker = tmp_path / "a-file"
         blocker.write_bytes(b"not a folder")
-        async with LocalStorage.open(None, worker_config(blocker / "data")) as backend:
+        async with LocalStorage.open(None, blocker / "data") as backend:
             yield backend
 
 
@@ -54,7 +49,7 @@ def _write_in_process(data_dir: str, key: str, seed: int, size: int, barrier) ->
     """Child process: wait for the others, then put the same key as they do."""
 
     async def main() -> None:
-        async with LocalStorage.open(None, worker_config(Path(data_dir))) as storage:
+        async with LocalStorage.open(None, Path(data_dir)) as storage:
             data = pattern(seed, size)
 
             async def chunks():
@@ -81,7 +76,7 @@ async def test_concurrent_writers_in_several_processes(tmp_path):
     for process in processes:
         process.start()
     try:
-        async with LocalStorage.open(None, worker_config(tmp_path)) as storage:
+        async with LocalStorage.open(None, tmp_path) as storage:
             candidates = [pattern(300 + i, sizes[i]) for i in range(PROCESSES)]
             seen = []
             while any(p.is_alive() for p in processes):
@@ -106,15 +101,15 @@ async def test_concurrent_writers_in_several_processes(tmp_path):
 
 async def test_data_survives_reopen(tmp_path):
     key, data = new_key(), pattern(9, 500_000)
-    async with LocalStorage.open(None, worker_config(tmp_path)) as storage:
+    async with LocalStorage.open(None, tmp_path) as storage:
         await storage.put_bytes(key, data)
-    async with LocalStorage.open(None, worker_config(tmp_path)) as storage:
+    async with LocalStorage.open(None, tmp_path) as storage:
         assert await fetch(storage, key) == data
     assert (tmp_path / OBJECTS_DIR / key).read_bytes() == data
 
 
 async def test_objects_live_under_data_dir(tmp_path):
-    async with LocalStorage.open(None, worker_config(tmp_path / "new" / "dir")) as storage:
+    async with LocalStorage.open(None, tmp_path / "new" / "dir") as storage:
         assert storage.root == (tmp_path / "new" / "dir" / OBJECTS_DIR).absolute()
         assert storage.root.is_dir()
         await storage.put_bytes("ab/cd/ef", b"x")
@@ -126,7 +121,7 @@ async def test_objects_live_under_data_dir(tmp_path):
             "back\\slash", f"ab/{TEMP_PREFIX}x"],
 )
 async def test_invalid_keys_refused(tmp_path, key):
-    async with LocalStorage.open(None, worker_config(tmp_path / "data")) as storage:
+    async with LocalStorage.open(None, tmp_path / "data") as storage:
         for call in (
             lambda: storage.put_bytes(key, b"x"), lambda: storage.get(key), lambda: storage.head(key),
             lambda: storage.delete(key),
@@ -140,7 +135,7 @@ async def test_invalid_keys_refused(tmp_path, key):
 async def test_open_survives_uncreatable_folder_and_ping_names_it(tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_bytes(b"")
-    async with LocalStorage.open(None, worker_config(blocker)) as storage:
+    async with LocalStorage.open(None, blocker) as storage:
         with pytest.raises(errors.BackendUnavailable) as raised:
             await storage.ping()
     assert str(blocker / OBJECTS_DIR) in str(raised.value)
@@ -150,7 +145,7 @@ async def test_open_survives_uncreatable_folder_and_ping_names_it(tmp_path, capl
 async def test_ping_reports_a_read_only_folder(tmp_path):
     if os.geteuid() == 0:
         pytest.skip("root writes into read-only folders")
-    async with LocalStorage.open(None, worker_config(tmp_path)) as storage:
+    async with LocalStorage.open(None, tmp_path) as storage:
         storage.root.chmod(0o500)
         try:
             with pytest.raises(errors.BackendUnavailable, match="not writable"):
@@ -160,7 +155,7 @@ async def test_ping_reports_a_read_only_folder(tmp_path):
 
 
 async def test_ping_reports_a_folder_removed_after_open(tmp_path):
-    async with LocalStorage.open(None, worker_config(tmp_path)) as storage:
+    async with LocalStorage.open(None, tmp_path) as storage:
         await storage.ping()
         storage.root.rmdir()
         with pytest.raises(errors.BackendUnavailable, match="objects folder"):
@@ -171,7 +166,7 @@ async def test_ping_reports_a_folder_removed_after_open(tmp_path):
 
 
 async def test_wrong_announced_size_leaves_nothing(tmp_path):
-    async with LocalStorage.open(None, worker_config(tmp_path)) as storage:
+    async with LocalStorage.open(None, tmp_path) as storage:
         key = new_key()
 
         async def chunks():

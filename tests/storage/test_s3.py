@@ -13,6 +13,7 @@ import gc
 import logging
 import time
 import traceback
+from pathlib import Path
 
 import attrs
 import boto3
@@ -23,13 +24,13 @@ from botocore import exceptions as bce
 from tests.services import MotoServer, free_port
 from zephyr_edge import errors, plugins
 from zephyr_edge.settings import config
-from zephyr_edge.settings.fields import WorkerConfig
 from zephyr_edge.storage.s3 import MAX_ATTEMPTS, PART_SIZE, S3Options, S3Storage
 from zephyr_edge.storage.s3_errors import ErrorContext
 from zephyr_edge.storage.testing import StorageConformance, fetch, new_key, pattern
 from zephyr_edge.storage.testing.data import ProducerError, failing, split, stream
 
-WORKER = WorkerConfig(jwt_secret="not-used")
+#: The data folder every S3 backend is opened with (it keeps no files on the host).
+DATA_DIR = Path("unused-data-dir")
 REQUIRED_ENV = {
     "ZE_WORKER_JWT_SECRET": "jwt",
     "ZE_WORKER_STORAGE_BACKEND": "s3",
@@ -78,18 +79,18 @@ def bucket(admin, s3_options):
 class TestS3Storage(StorageConformance):
     @pytest_asyncio.fixture
     async def storage(self, bucket, s3_options):
-        async with S3Storage.open(s3_options, WORKER) as backend:
+        async with S3Storage.open(s3_options, DATA_DIR) as backend:
             yield backend
 
     @pytest_asyncio.fixture
     async def second_storage(self, storage, s3_options):
-        async with S3Storage.open(s3_options, WORKER) as backend:
+        async with S3Storage.open(s3_options, DATA_DIR) as backend:
             yield backend
 
     @pytest_asyncio.fixture
     async def unreachable_storage(self, s3_options):
         closed = attrs.evolve(s3_options, endpoint=f"http://127.0.0.1:{free_port()}")
-        async with S3Storage.open(closed, WORKER) as backend:
+        async with S3Storage.open(closed, DATA_DIR) as backend:
             yield backend
 
     @pytest.fixture
@@ -173,7 +174,7 @@ async def test_clients_honour_every_option(s3_options):
         request_timeout_ms=4321, upload_request_timeout_ms=9876, max_sockets=7,
         socket_acquisition_warning_timeout_ms=555,
     )
-    async with S3Storage.open(options, WORKER) as storage:
+    async with S3Storage.open(options, DATA_DIR) as storage:
         for client, read_timeout in ((storage._reader.client, 4.321), (storage._writer.client, 9.876)):
             cfg = client.meta.config
             assert cfg.connect_timeout == 1.234
@@ -196,7 +197,7 @@ async def test_addressing_style_used_on_the_wire(s3_endpoint, s3_options, bucket
     port = s3_endpoint.rsplit(":", 1)[1]
     options = attrs.evolve(s3_options, endpoint=f"http://localhost:{port}", force_path_style=path_style)
     urls: list[str] = []
-    async with S3Storage.open(options, WORKER) as storage:
+    async with S3Storage.open(options, DATA_DIR) as storage:
         storage._reader.client.meta.events.register("before-send.s3", lambda request, **_: urls.append(request.url))
         with contextlib.suppress(errors.BackendError):  # bucket.localhost may not resolve here
             await storage.ping()
@@ -212,7 +213,7 @@ async def test_addressing_style_used_on_the_wire(s3_endpoint, s3_options, bucket
 
 async def test_missing_bucket_is_a_backend_error_naming_it(s3_options):
     missing = attrs.evolve(s3_options, bucket=f"{s3_options.bucket}-missing")
-    async with S3Storage.open(missing, WORKER) as storage:
+    async with S3Storage.open(missing, DATA_DIR) as storage:
         for call in (storage.ping, lambda: storage.get("ab/cd/ef"), lambda: storage.put_bytes("ab/cd/ef", b"x")):
             with pytest.raises(errors.BackendError) as raised:
                 await call()
@@ -236,7 +237,7 @@ def authenticating_s3(monkeypatch):
 async def test_wrong_credentials_never_leak(authenticating_s3, s3_options):
     options = attrs.evolve(s3_options, endpoint=authenticating_s3)
     secrets = (options.access_key_id, options.secret_access_key)
-    async with S3Storage.open(options, WORKER) as storage:
+    async with S3Storage.open(options, DATA_DIR) as storage:
         for call in (storage.ping, lambda: storage.head("k"), lambda: storage.get("k"), lambda: storage.put_bytes("k", b"x")):
             with pytest.raises(errors.BackendError) as raised:
                 await call()
@@ -248,7 +249,7 @@ async def test_wrong_credentials_never_leak(authenticating_s3, s3_options):
 
 async def test_unreachable_errors_chain_the_cause(s3_options):
     closed = attrs.evolve(s3_options, endpoint=f"http://127.0.0.1:{free_port()}")
-    async with S3Storage.open(closed, WORKER) as storage:
+    async with S3Storage.open(closed, DATA_DIR) as storage:
         with pytest.raises(errors.BackendUnavailable) as raised:
             await storage.ping()
     assert isinstance(raised.value.__cause__, bce.EndpointConnectionError)
@@ -282,7 +283,7 @@ TIMEOUT_SLACK_S = 0.8
 async def test_request_timeout_bounds_the_whole_request(s3_options):
     async with silent_server() as endpoint:
         options = attrs.evolve(s3_options, endpoint=endpoint, request_timeout_ms=1000, upload_request_timeout_ms=1500)
-        async with S3Storage.open(options, WORKER) as storage:
+        async with S3Storage.open(options, DATA_DIR) as storage:
             calls = [
                 (storage.ping, 1.0), (lambda: storage.head("ab/cd/ef"), 1.0), (lambda: storage.get("ab/cd/ef"), 1.0),
                 (lambda: storage.delete("ab/cd/ef"), 1.0), (lambda: storage.put_bytes("ab/cd/ef", b"x" * 5000), 1.5),
@@ -322,7 +323,7 @@ def test_translation_of_server_errors():
 
 async def test_socket_acquisition_warning(s3_options, bucket, caplog):
     options = attrs.evolve(s3_options, max_sockets=1, socket_acquisition_warning_timeout_ms=50)
-    async with S3Storage.open(options, WORKER) as storage:
+    async with S3Storage.open(options, DATA_DIR) as storage:
         key = new_key()
         await storage.put_bytes(key, b"x" * 1000)
         caplog.clear()
@@ -347,7 +348,7 @@ async def test_socket_acquisition_warning(s3_options, bucket, caplog):
 
 async def test_pool_wait_is_bounded(s3_options, bucket):
     options = attrs.evolve(s3_options, max_sockets=1, socket_acquisition_warning_timeout_ms=50, request_timeout_ms=200)
-    async with S3Storage.open(options, WORKER) as storage:
+    async with S3Storage.open(options, DATA_DIR) as storage:
         key = new_key()
         await storage.put_bytes(key, b"x")
         async with await storage.get(key):
@@ -359,7 +360,7 @@ async def test_pool_wait_is_bounded(s3_options, bucket):
 
 async def test_blobs_give_their_connection_back(s3_options, bucket, caplog):
     options = attrs.evolve(s3_options, max_sockets=1, request_timeout_ms=1000, socket_acquisition_warning_timeout_ms=100)
-    async with S3Storage.open(options, WORKER) as storage:
+    async with S3Storage.open(options, DATA_DIR) as storage:
         key, data = new_key(), pattern(1, 3 * 256 * 1024)
         await storage.put_bytes(key, data)
 
@@ -385,7 +386,7 @@ async def test_blobs_give_their_connection_back(s3_options, bucket, caplog):
 
 
 async def test_large_objects_use_multipart(s3_options, bucket):
-    async with S3Storage.open(s3_options, WORKER) as storage:
+    async with S3Storage.open(s3_options, DATA_DIR) as storage:
         big, small = new_key("big"), new_key("small")
         data = pattern(2, 2 * PART_SIZE + 12345)
         await storage.put(big, stream(split(data, 1024 * 1024)))
@@ -397,7 +398,7 @@ async def test_large_objects_use_multipart(s3_options, bucket):
 
 @pytest.mark.parametrize("how", ["producer-fails", "cancelled"])
 async def test_failed_multipart_upload_is_aborted(s3_options, bucket, how):
-    async with S3Storage.open(s3_options, WORKER) as storage:
+    async with S3Storage.open(s3_options, DATA_DIR) as storage:
         key = new_key()
         chunks = split(pattern(3, 2 * PART_SIZE + 1), 1024 * 1024)
         if how == "producer-fails":
@@ -424,7 +425,7 @@ async def test_failed_multipart_upload_is_aborted(s3_options, bucket, how):
 @pytest.mark.parametrize("announced", [PART_SIZE + 4, PART_SIZE + 6])
 async def test_wrong_announced_size_leaves_nothing(s3_options, bucket, announced):
     data = pattern(4, PART_SIZE + 5)  # more than a part: the multipart path
-    async with S3Storage.open(s3_options, WORKER) as storage:
+    async with S3Storage.open(s3_options, DATA_DIR) as storage:
         key = new_key()
         with pytest.raises(errors.BackendError, match="announced"):
             await storage.put(key, stream(split(data, 1024 * 1024)), announced)

@@ -11,7 +11,6 @@ import pytest
 import pytest_asyncio
 
 from zephyr_edge import errors
-from zephyr_edge.settings.fields import WorkerConfig
 from zephyr_edge.storage.base import CHUNK_SIZE, Blob, ObjectInfo, Storage
 from zephyr_edge.storage.local import LocalStorage
 from zephyr_edge.storage.testing import StorageConformance, conformance
@@ -28,7 +27,7 @@ class Wrapper(Storage):
         self.inner = inner
 
     @classmethod
-    def open(cls, options, worker):  # pragma: no cover  (built directly by the fixture)
+    def open(cls, options, data_dir):  # pragma: no cover  (built directly by the fixture)
         raise NotImplementedError
 
     async def put(self, key, chunks, size=None):
@@ -275,7 +274,7 @@ UNREACHABLE_FAULTS = [  # (fault, what the suite's failure must mention)
 
 @pytest_asyncio.fixture
 async def local(tmp_path):
-    async with LocalStorage.open(None, WorkerConfig(jwt_secret="x", data_dir=str(tmp_path))) as storage:
+    async with LocalStorage.open(None, tmp_path) as storage:
         yield storage
 
 

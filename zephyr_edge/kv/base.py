@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 
 if TYPE_CHECKING:
-    from zephyr_edge.settings.fields import WorkerConfig
+    from pathlib import Path
 
 
 def _members(value: Iterable[bytes]) -> frozenset[bytes]:
@@ -79,8 +79,11 @@ class KV(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def open(cls, options: Any, worker: WorkerConfig) -> contextlib.AbstractAsyncContextManager[KV]:
+    def open(cls, options: Any, data_dir: Path) -> contextlib.AbstractAsyncContextManager[KV]:
         """Build the clients from ``options`` and yield a ready backend; close them on exit.
+
+        ``data_dir`` is the worker's data folder (``ZE_WORKER_DATA_DIR``), for a backend that
+        keeps files on the host; it may not exist yet.
 
         Must not fail when the service is down at start: the worker starts and reports
         not-ready until it comes back.

@@ -19,14 +19,12 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from zephyr_edge.errors import BackendError, BackendUnavailable, ZephyrError
 from zephyr_edge.kv import local_sql
 from zephyr_edge.kv.base import KV, Op
 
-if TYPE_CHECKING:
-    from zephyr_edge.settings.fields import WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +52,9 @@ class LocalKV(KV):
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, options: None, worker: WorkerConfig) -> AsyncIterator[LocalKV]:
-        """Yield the backend on ``worker.data_dir``; close its connection on exit."""
-        kv = cls(Path(worker.data_dir) / SUBDIR)
+    async def open(cls, options: None, data_dir: Path) -> AsyncIterator[LocalKV]:
+        """Yield the backend on ``data_dir``; close its connection on exit."""
+        kv = cls(Path(data_dir) / SUBDIR)
         try:
             try:
                 await kv.ping()

@@ -38,7 +38,7 @@ from zephyr_edge.kv.redis_options import RedisOptions
 from zephyr_edge.kv.redis_scripts import ATOMIC_IF, ATOMIC_IF_SHA, encode_atomic_if
 
 if TYPE_CHECKING:
-    from zephyr_edge.settings.fields import WorkerConfig
+    from pathlib import Path
 
 T = TypeVar("T")
 
@@ -64,7 +64,7 @@ class RedisKV(KV):
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, options: RedisOptions, worker: WorkerConfig) -> AsyncIterator[RedisKV]:
+    async def open(cls, options: RedisOptions, data_dir: Path) -> AsyncIterator[RedisKV]:
         """Yield the backend at once (nothing connects before the first call); close on exit."""
         clients = ClientProvider(cls.name, ClientSettings.from_options(cls.name, options), cls.force_cluster)
         try:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 
 if TYPE_CHECKING:
-    from zephyr_edge.settings.fields import WorkerConfig
+    from pathlib import Path
 
 #: Size of the chunks backends should yield when streaming an object out.
 CHUNK_SIZE = 256 * 1024
@@ -83,8 +83,11 @@ class Storage(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def open(cls, options: Any, worker: WorkerConfig) -> contextlib.AbstractAsyncContextManager[Storage]:
+    def open(cls, options: Any, data_dir: Path) -> contextlib.AbstractAsyncContextManager[Storage]:
         """Build the clients from ``options`` and yield a ready backend; close them on exit.
+
+        ``data_dir`` is the worker's data folder (``ZE_WORKER_DATA_DIR``), for a backend that
+        keeps files on the host; it may not exist yet.
 
         Must not perform I/O that fails when the service is down: a worker starts (and
         reports not-ready) while its backends are unreachable.

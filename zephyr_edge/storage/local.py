@@ -28,7 +28,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from zephyr_edge.settings.fields import WorkerConfig
 from zephyr_edge.errors import BackendError, BackendUnavailable, BadRequest, NotFound
 from zephyr_edge.storage.base import CHUNK_SIZE, Blob, ObjectInfo, Storage
 
@@ -127,9 +126,9 @@ class LocalStorage(Storage):
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, options: None, worker: WorkerConfig) -> AsyncIterator[LocalStorage]:
+    async def open(cls, options: None, data_dir: Path) -> AsyncIterator[LocalStorage]:
         """Create ``<data_dir>/objects`` if missing (a failure is reported by :meth:`ping`)."""
-        root = Path(worker.data_dir).absolute() / OBJECTS_DIR
+        root = Path(data_dir).absolute() / OBJECTS_DIR
         try:
             await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
         except OSError as exc:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,7 +38,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 from botocore.handlers import add_expect_header
 
-from zephyr_edge.settings.fields import Url, WorkerConfig, secret
+from zephyr_edge.settings.fields import Url, secret
 from zephyr_edge.errors import BackendError, NotFound
 from zephyr_edge.storage.base import Blob, ObjectInfo, Storage
 from zephyr_edge.storage.s3_errors import ErrorContext, error_code
@@ -136,7 +137,7 @@ class S3Storage(Storage):
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, options: S3Options, worker: WorkerConfig) -> AsyncIterator[S3Storage]:
+    async def open(cls, options: S3Options, data_dir: Path) -> AsyncIterator[S3Storage]:
         """Create both clients (no network I/O) and close them on exit."""
         errors = ErrorContext(
             cls.name, options.bucket, options.endpoint, (options.access_key_id, options.secret_access_key)

@@ -44,7 +44,7 @@ from zephyr_edge.errors import BackendError, BackendUnavailable
 from zephyr_edge.kv.base import KV, Delete, Op, Set, SetAdd, SetRemove
 
 if TYPE_CHECKING:
-    from zephyr_edge.settings.fields import WorkerConfig
+    from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class PostgresKV(KV):
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, options: PostgresOptions, worker: WorkerConfig) -> AsyncIterator[PostgresKV]:
+    async def open(cls, options: PostgresOptions, data_dir: Path) -> AsyncIterator[PostgresKV]:
         # min_size=0: the pool connects nothing now, so the worker starts while PostgreSQL
         # is down; every call acquires (and if need be opens) a connection, so a call made
         # after PostgreSQL came back simply works.

@@ -12,8 +12,8 @@ a ``conftest.py``::
 
 
     @pytest_asyncio.fixture
-    async def kv():                         # required: a ready, opened backend
-        async with MyKV.open(MyKV.Options(url="..."), worker_config) as kv:
+    async def kv(tmp_path):                 # required: a ready, opened backend
+        async with MyKV.open(MyKV.Options(url="..."), tmp_path) as kv:
             yield kv
 
 
@@ -24,8 +24,8 @@ a ``conftest.py``::
 
 
     @pytest_asyncio.fixture
-    async def unreachable_kv():             # optional: the backend pointed at nothing (closed
-        async with MyKV.open(MyKV.Options(url="http://127.0.0.1:1"), worker_config) as kv:
+    async def unreachable_kv(tmp_path):     # optional: the backend pointed at nothing (closed
+        async with MyKV.open(MyKV.Options(url="http://127.0.0.1:1"), tmp_path) as kv:
             yield kv                        # port, unusable folder); default: those tests skip
 
 

@@ -26,7 +26,6 @@ test carries its own ``@pytest.mark.asyncio``)::
     import pytest
     import pytest_asyncio
 
-    from zephyr_edge.settings.config import WorkerConfig
     from zephyr_edge.storage.testing import StorageConformance
     from my_backend import MyStorage
 
@@ -35,13 +34,13 @@ test carries its own ``@pytest.mark.asyncio``)::
         @pytest_asyncio.fixture
         async def storage(self, tmp_path):
             options = MyStorage.Options(url="...", folder=str(tmp_path))
-            async with MyStorage.open(options, WorkerConfig(jwt_secret="x")) as backend:
+            async with MyStorage.open(options, tmp_path) as backend:
                 yield backend
 
         @pytest_asyncio.fixture
-        async def unreachable_storage(self):
+        async def unreachable_storage(self, tmp_path):
             options = MyStorage.Options(url="http://127.0.0.1:9", password="hunter2")
-            async with MyStorage.open(options, WorkerConfig(jwt_secret="x")) as backend:
+            async with MyStorage.open(options, tmp_path) as backend:
                 yield backend
 
         @pytest.fixture

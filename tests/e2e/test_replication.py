@@ -58,6 +58,8 @@ from zephyr_edge.replication import protocol, synctoken
 from zephyr_edge.domain.snapshot import Snapshot
 from zephyr_edge.domain.stamps import Stamp
 
+pytestmark = pytest.mark.e2e
+
 SECRET = "e2e-replication-jwt-secret-0123456789abcdef"
 AGENT = "1.2.2"
 #: The application of the builds uploaded through the API (not the agent).

@@ -1,4 +1,4 @@
-"""Multi-region replication end to end (README: Scaling and replication): REAL ``zephyr-edge serve`` processes in
+"""Multi-region replication end to end (docs/replication.md): REAL ``zephyr-edge serve`` processes in
 several regions (``tests/e2e/regions.py``: a bucket, a redis-server and a load balancer of
 their own per region), the REAL agent deploying to one of them, sync traffic over loopback
 TCP. Nothing is faked; every wait is bounded.

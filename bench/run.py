@@ -1166,7 +1166,7 @@ class Bench:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="zephyr_edge benchmark (see the module docstring and bench/README.md)")
+    p = argparse.ArgumentParser(description="zephyr_edge benchmark (see the module docstring and docs/performance.md)")
     p.add_argument("--quick", action="store_true", help="fewer, shorter rounds; asset route only (about 2 min)")
     p.add_argument("--rounds", type=int, help="interleaved serve rounds per side (default 5, quick 2)")
     p.add_argument("--upload-rounds", type=int, help="interleaved upload rounds per side (default 3, quick 1)")

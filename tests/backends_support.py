@@ -15,8 +15,7 @@ import attrs
 import coredis
 from aiobotocore.session import get_session
 
-#: The six keys the configuration requires with the default s3 + redis backends (README's
-#: Configuration reference).
+#: The six keys the configuration requires with the default s3 + redis backends (docs/configuration.md).
 REQUIRED_KEYS = (
     "ZE_WORKER_JWT_SECRET",
     "ZE_WORKER_S3_ENDPOINT",

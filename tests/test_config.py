@@ -1,4 +1,4 @@
-"""Configuration loading against the documented reference (README's Configuration reference): every
+"""Configuration loading against the documented reference (docs/configuration.md): every
 documented key and default, precedence, JSONC files, value validation, one message for
 every problem, unknown-key warnings, and ``describe()``."""
 
@@ -14,7 +14,7 @@ from zephyr_edge.errors import ConfigError
 from tests.backends_support import REQUIRED_KEYS
 
 
-#: The documented keys (README's Configuration reference) -> default (as ``describe()`` shows it).
+#: The documented keys (docs/configuration.md) -> default (as ``describe()`` shows it).
 DOCUMENTED_DEFAULTS = {
     # Server
     "ZE_WORKER_PORT": 8080,

@@ -1,5 +1,7 @@
-"""The README's configuration reference stays true to the code: every key of the core and
-of the built-in backends is listed, with the default the code really uses."""
+"""The documentation stays true to the code: the configuration reference (docs/configuration.md)
+lists every key of the core and of the built-in backends with the default the code really
+uses, the scaling examples (docs/replication.md) load, and the README's test command is the
+one CI runs."""
 
 from __future__ import annotations
 
@@ -14,13 +16,16 @@ from zephyr_edge.settings import config
 
 from tests.deploy.support import config_problems, filled_in
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+CONFIGURATION = REPO / "docs" / "configuration.md"
+REPLICATION = REPO / "docs" / "replication.md"
 
 
 def _rows() -> dict[str, str]:
-    """key -> default column of the README's configuration tables."""
+    """key -> default column of the configuration reference's tables."""
     rows = {}
-    for line in README.read_text(encoding="utf-8").splitlines():
+    for line in CONFIGURATION.read_text(encoding="utf-8").splitlines():
         m = re.match(r"\|\s*`(ZE_WORKER_[A-Z0-9_]+)`\s*\|\s*([^|]*)\|", line)
         if m:
             rows[m.group(1)] = m.group(2).strip()
@@ -54,9 +59,9 @@ def test_every_key_is_documented_with_its_default(kind, name):
     rows = _rows()
     for field, prefix in _fields(kind, name):
         key = config.key_of(field, prefix)
-        assert key in rows, f"{key} is missing from the README's configuration reference"
+        assert key in rows, f"{key} is missing from docs/configuration.md"
         expected = _documented_default(field)
-        assert rows[key].startswith(expected), f"{key}: README says {rows[key]!r}, code default is {expected}"
+        assert rows[key].startswith(expected), f"{key}: docs/configuration.md says {rows[key]!r}, code default is {expected}"
 
 
 def test_config_file_key_is_documented():
@@ -64,9 +69,7 @@ def test_config_file_key_is_documented():
 
 
 def _scaling_examples() -> list[str]:
-    text = README.read_text(encoding="utf-8")
-    section = text.split("## Scaling and replication", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```jsonc\n(.*?)```", section, re.DOTALL)
+    return re.findall(r"```jsonc\n(.*?)```", REPLICATION.read_text(encoding="utf-8"), re.DOTALL)
 
 
 def test_the_scaling_examples_load(tmp_path):
@@ -95,7 +98,7 @@ KEEP_IDENTICAL = "# Keep this line identical to the test command in README.md"
 
 
 def readme_test_command() -> str:
-    section = README.read_text(encoding="utf-8").split("### Running the tests", 1)[1].split("\n## ", 1)[0]
+    section = README.read_text(encoding="utf-8").split("\n## Running the tests", 1)[1].split("\n## ", 1)[0]
     [command] = re.findall(r"```sh\n(.*?)\n```", section, re.DOTALL)
     return command
 

@@ -18,6 +18,8 @@ from tests.backends_support import ACCESS_KEY, SECRET_KEY, empty_bucket, s3_clie
 from tests.services import MotoServer
 from tests.upload_support import Backend, snapshot_body, start_worker
 
+pytestmark = pytest.mark.e2e
+
 REQUEST_TIMEOUT_MS = 1000
 UPLOAD_REQUEST_TIMEOUT_MS = 1500
 READINESS_TIMEOUT_MS = 1000

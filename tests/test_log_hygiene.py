@@ -23,6 +23,8 @@ from tests.services import free_port
 from zephyr_edge.domain import tokens
 from zephyr_edge.domain.assets import asset_hash
 
+pytestmark = pytest.mark.e2e
+
 JWT_SECRET = "log-hygiene-jwt-secret-0123456789abcdef"
 S3_ACCESS_KEY, S3_SECRET_KEY, REDIS_PASSWORD = "test", "a", "redis"
 SECRETS = (S3_ACCESS_KEY, S3_SECRET_KEY, REDIS_PASSWORD)

@@ -81,6 +81,7 @@ async def test_a_snapshot_upload_serves_its_version_host_at_once(backend, aiohtt
 # --- two worker processes sharing one KV --------------------------------------------------------
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", ["local", "s3-redis"])
 async def test_accepting_worker_at_once_and_the_other_within_a_second(kind, tmp_path, request):
     backend = backend_of(kind, tmp_path, request)

@@ -54,7 +54,7 @@ def doc() -> str:
 
 
 def known_keys() -> set[str]:
-    """Keys of the code (core and every installed backend) and of the README's tables."""
+    """Keys of the code (core and every installed backend) and of the configuration reference's tables."""
     keys = {cfg.CONFIG_FILE_KEY} | cfg.known_keys(cfg.WorkerConfig, "")
     for kind in plugins.GROUPS:
         for ep in plugins.installed(kind).values():
@@ -64,8 +64,8 @@ def known_keys() -> set[str]:
                 continue
             if getattr(cls, "Options", None) is not None:
                 keys |= {cfg.key_of(f, cls.options_prefix) for f in attrs.fields(cls.Options)}
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    return keys | set(re.findall(r"^\|\s*`(ZE_WORKER_[A-Z0-9_]+)`", readme, re.M))
+    reference = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    return keys | set(re.findall(r"^\|\s*`(ZE_WORKER_[A-Z0-9_]+)`", reference, re.M))
 
 
 def unknown_keys(text: str) -> set[str]:

@@ -1,4 +1,4 @@
-"""Several REAL regions for end-to-end replication tests (README: Scaling and replication).
+"""Several REAL regions for end-to-end replication tests (docs/replication.md).
 
 A :class:`Region` is what a deployment region is in production, on loopback:
 

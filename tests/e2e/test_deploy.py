@@ -52,6 +52,8 @@ from zephyr_edge.domain.assets import storage_key
 from zephyr_edge.domain.hostnames import version_label
 from zephyr_edge.domain.snapshot import Snapshot
 
+pytestmark = pytest.mark.e2e
+
 SECRET = "e2e-worker-jwt-secret-0123456789abcdef"
 #: The file changed by the second deploy (same name, new bytes).
 CHANGED = "assets/main-3f2a1c.js"

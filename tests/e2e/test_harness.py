@@ -33,6 +33,8 @@ from tests.e2e.agent import (
 )
 from tests.e2e.recorder import RecordingEdge, version_label
 
+pytestmark = pytest.mark.e2e
+
 SECRET = "e2e-worker-jwt-secret-0123456789abcdef"  # >= 32 bytes: no PyJWT key-length warning
 UID = "e2e-app.test-repo.test-org"
 FILE_DELAY_S = 0.2  # per file upload, so that concurrent uploads overlap visibly

@@ -1,4 +1,4 @@
-"""Multi-region replication end to end (README: Scaling and replication): REAL ``zephyr-edge serve`` processes in
+"""Multi-region replication end to end (docs/replication.md): REAL ``zephyr-edge serve`` processes in
 several regions (``tests/e2e/regions.py``: a bucket, a redis-server and a load balancer of
 their own per region), the REAL agent deploying to one of them, sync traffic over loopback
 TCP. Nothing is faked; every wait is bounded.
@@ -57,6 +57,8 @@ from zephyr_edge.domain.assets import storage_key
 from zephyr_edge.replication import protocol, synctoken
 from zephyr_edge.domain.snapshot import Snapshot
 from zephyr_edge.domain.stamps import Stamp
+
+pytestmark = pytest.mark.e2e
 
 SECRET = "e2e-replication-jwt-secret-0123456789abcdef"
 AGENT = "1.2.2"

@@ -50,8 +50,8 @@ def configure_logging(config: Config) -> None:
 
 
 def log_startup(config: Config) -> None:
-    """The startup lines: replica mode and its fan-out (replication on, README: Scaling and
-    replication), then ``Worker listening`` with the port."""
+    """The startup lines: replica mode and its fan-out (replication on, see
+    docs/replication.md), then ``Worker listening`` with the port."""
     worker = config.worker
     if worker.replica_name:
         log.info("Replica mode enabled", extra={"fields": {"zephyr.replica": worker.replica_name}})

@@ -1,16 +1,10 @@
 """The KV SPI: where environment (hostname) and snapshot records live.
 
-A KV backend stores byte values and sets of byte members under string keys. The core
-builds every key (from the configured prefixes, all sharing one Redis Cluster hash tag)
-and derives publish, hash lists, caching and replication from the primitives below.
-
-Keys passed to one :meth:`KV.atomic` or :meth:`KV.atomic_if` call (expected keys and op
-keys alike) always share a hash tag (``{...}``), so a clustered backend may rely on them
-living in one slot.
-
-Writing a backend: subclass :class:`KV`, give it an ``Options`` attrs class, implement
-``open`` and the abstract methods, register the class in the ``zephyr_edge.kv``
-entry-point group, and run :mod:`zephyr_edge.kv.testing` against it. See ``backends.md``.
+A KV backend stores byte values and sets of byte members under string keys that the core
+builds; the core derives publish, hash lists, caching and replication from the primitives
+below. The contract (what each method guarantees, errors, options, lifecycle, registration,
+the conformance suite in :mod:`zephyr_edge.kv.testing`) is stated once, in ``backends.md``
+("The KV interface"); the docstrings here are reminders.
 """
 
 from __future__ import annotations
@@ -65,13 +59,9 @@ Op = Set | Delete | SetAdd | SetRemove
 
 
 class KV(abc.ABC):
-    """Contract of a key-value store. Every method may raise
-    :class:`~zephyr_edge.errors.BackendUnavailable` (cannot reach the service) or
-    :class:`~zephyr_edge.errors.BackendError` (anything else), with the client library's
-    exception chained as the cause. No other exception type may escape.
-
-    A key holds either a plain value or a set; the core never mixes the two on one key.
-    """
+    """A key-value store (contract: ``backends.md``, "The KV interface" and "Errors"). Every
+    method raises only :class:`~zephyr_edge.errors.BackendUnavailable` or
+    :class:`~zephyr_edge.errors.BackendError`, the client library's exception chained."""
 
     Options: ClassVar[type | None] = None
     options_prefix: ClassVar[str] = ""
@@ -118,27 +108,15 @@ class KV(abc.ABC):
 
     @abc.abstractmethod
     async def atomic(self, ops: Sequence[Op]) -> None:
-        """Apply ``ops`` in order, all or nothing: no reader ever sees some applied and
-        others not, and a failure to reach or to queue the write leaves none applied. All
-        keys share one hash tag.
-
-        An op that does not fit the type of its key (``SetAdd`` on a plain value) may fail
-        while the others are applied: Redis ``MULTI``/``EXEC`` does not roll back errors it
-        finds while executing. The core never mixes plain values and sets on one key, so its
-        batches never fail that way; backends need not (and Redis cannot) guard against it.
-        """
+        """Apply ``ops`` in order, all or nothing; all keys share one hash tag (see
+        backends.md for an op that does not fit its key's type)."""
 
     @abc.abstractmethod
     async def atomic_if(self, expect: Mapping[str, bytes | None], ops: Sequence[Op]) -> bool:
-        """Like :meth:`atomic`, but only if every key of ``expect`` holds exactly the given
-        value at that moment (``None``: the key is absent); True when ``ops`` were applied,
-        False (nothing applied) otherwise. The check and the write are one atomic step: of
-        many concurrent callers expecting the same current value of a key that their
-        ``ops`` change, exactly one gets True. ``expect`` keys are plain values (never
-        sets) and share the hash tag of the ``ops`` keys; ``b""`` is a value, not absence.
-        ``ops`` may be empty (a pure check). The caveat of :meth:`atomic` about an op that
-        does not fit its key's type applies here too. Used for compare-and-set: replication leases and last-writer-wins publishes.
-        """
+        """Compare-and-set: apply ``ops`` (as :meth:`atomic`) only if every key of ``expect``
+        holds exactly the given value (``None``: absent), in one atomic step; True when
+        applied. Replication leases and last-writer-wins publishes rely on it (backends.md,
+        "Compare-and-set: atomic_if")."""
 
     @abc.abstractmethod
     async def smembers(self, key: str) -> set[bytes]:

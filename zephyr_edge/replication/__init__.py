@@ -1,4 +1,4 @@
-"""Multi-region replication (README: Scaling and replication): the outbox, senders, receivers and catch-up.
+"""Multi-region replication (docs/replication.md): the outbox, senders, receivers and catch-up.
 
 Data path: a client write → :class:`~zephyr_edge.catalog.records.Catalog` records it in the
 :mod:`~zephyr_edge.replication.outbox` in the same atomic KV step → a

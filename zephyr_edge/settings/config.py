@@ -37,8 +37,8 @@ from zephyr_edge.settings.fields import (
 )
 
 #: Placeholders the project's shipped configurations put where a secret goes:
-#: ``CHANGE-ME...`` (any case, with or without the hyphen) and ``<...>`` (the README's
-#: examples). A worker refuses to start while a secret of its configuration is one.
+#: ``CHANGE-ME...`` (any case, with or without the hyphen) and ``<...>`` (the examples of
+#: docs/replication.md). A worker refuses to start while a secret of its configuration is one.
 PLACEHOLDER_PREFIX = "changeme"
 #: Below this many bytes ZE_WORKER_JWT_SECRET is warned about at start.
 MIN_JWT_SECRET_BYTES = 32

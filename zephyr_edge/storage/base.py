@@ -1,13 +1,9 @@
 """The storage SPI: where asset bytes live.
 
-A storage backend holds opaque objects under string keys. The core decides the keys
-(content hashes spread over folders) and does everything derived from the primitives
-below: hash checks, caching, hash lists, replication. A backend only moves bytes.
-
-Writing a backend: subclass :class:`Storage`, give it an ``Options`` attrs class (its
-configuration keys, read as ``ZE_WORKER_<PREFIX>_<FIELD>``), implement ``open`` and the
-abstract methods, register the class in the ``zephyr_edge.storage`` entry-point group, and
-run :mod:`zephyr_edge.storage.testing` against it. See ``backends.md``.
+A storage backend holds opaque objects under string keys that the core decides; it only
+moves bytes. The contract (what each method guarantees, errors, options, lifecycle,
+registration, the conformance suite in :mod:`zephyr_edge.storage.testing`) is stated once,
+in ``backends.md`` ("The storage interface"); the docstrings here are reminders.
 """
 
 from __future__ import annotations
@@ -68,11 +64,9 @@ class Blob(abc.ABC):
 
 
 class Storage(abc.ABC):
-    """Contract of an asset store. Every method may raise
-    :class:`~zephyr_edge.errors.BackendUnavailable` (cannot reach the service) or
-    :class:`~zephyr_edge.errors.BackendError` (anything else), with the client library's
-    exception chained as the cause. No other exception type may escape.
-    """
+    """An asset store (contract: ``backends.md``, "The storage interface" and "Errors").
+    Every method raises only :class:`~zephyr_edge.errors.BackendUnavailable` or
+    :class:`~zephyr_edge.errors.BackendError`, the client library's exception chained."""
 
     #: attrs class of this backend's options, or None when it takes none.
     Options: ClassVar[type | None] = None
@@ -95,15 +89,8 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def put(self, key: str, chunks: AsyncIterator[bytes], size: int | None = None) -> None:
-        """Store the bytes yielded by ``chunks`` under ``key``, replacing any previous object.
-
-        Atomic: until ``put`` returns, readers see the previous object or none, never a
-        partial one; if ``chunks`` raises or the write fails, nothing new becomes visible and
-        the exception propagates (a backend error translated, the producer's own as is).
-        Streams: memory use is bounded by a part size, whatever the object's size. ``size``,
-        when given, is the exact number of bytes ``chunks`` will yield. Concurrent puts of
-        the same key are safe; one of them wins whole.
-        """
+        """Store the bytes yielded by ``chunks`` under ``key``, atomically and streaming
+        (``size``, when given, is exact); see backends.md for what atomic means here."""
 
     @abc.abstractmethod
     async def get(self, key: str, start: int = 0, end: int | None = None) -> Blob:

@@ -6,15 +6,17 @@ app (``zephyr-edge serve`` processes: :class:`tests.e2e.worker.WorkerProcess`)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from zephyr_edge import plugins
 from zephyr_edge.domain import hostnames
 from zephyr_edge.settings import config
 from zephyr_edge.domain.assets import asset_hash, extension, storage_key
@@ -25,6 +27,8 @@ from zephyr_edge.domain.snapshot import Snapshot, parse_snapshot
 from zephyr_edge.storage.base import Storage
 
 from tests import backends_support
+from tests.e2e.worker import WorkerProcess
+from tests.services import free_port
 from tests.backends_support import Backend, create_bucket, local_backend  # noqa: F401 (the serving tests' helpers)
 
 SECRET = "serve-test-jwt-secret-0123456789abcdef"
@@ -60,6 +64,27 @@ def process_env(backend: Backend) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("ZE_WORKER_")}
     return {**base, **backend.env, "ZE_WORKER_JWT_SECRET": SECRET, "ZE_WORKER_LISTEN_HOST": "127.0.0.1",
             "ZE_WORKER_LOG_LEVEL": "warn"}
+
+
+@contextlib.asynccontextmanager
+async def worker_processes(
+    kind: str, tmp_path: Path, request: Any, count: int = 2,
+) -> AsyncIterator[tuple[list[WorkerProcess], Catalog, Storage]]:
+    """``count`` real ``zephyr-edge serve`` processes sharing one backend of ``kind``, with
+    the catalog and storage a test deploys through; everything stopped and removed after."""
+    backend = backend_of(kind, tmp_path, request)
+    await create_bucket(backend)
+    cfg = load_config(backend)
+    env = process_env(backend)
+    workers = [WorkerProcess({**env, "ZE_WORKER_PORT": str(free_port())}, tmp_path) for _ in range(count)]
+    try:
+        await asyncio.gather(*(w.start() for w in workers))
+        async with plugins.open_storage(cfg) as storage, plugins.open_kv(cfg) as kv:
+            yield workers, Catalog(kv, cfg.worker), storage
+    finally:
+        for worker in workers:
+            await worker.stop()
+        await remove_everything(backend)
 
 
 # --- deployments -----------------------------------------------------------------------------

@@ -5,7 +5,6 @@ sharing one KV."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -25,24 +24,22 @@ from zephyr_edge.kv.local import LocalKV
 from zephyr_edge.catalog.records import Catalog
 from zephyr_edge.http.serving.variants import Route, etag_matches
 from zephyr_edge.domain.snapshot import Asset
-from zephyr_edge import plugins
 from tests.serve_support import (
     APP,
     CountingCalls,
     Site,
-    backend_of,
     create_bucket,
     deploy,
     load_config,
     local_backend,
-    process_env,
     remove_everything,
     s3_redis_backend,
     snapshot_of,
     version_host_of,
+    worker_processes,
 )
 from tests.e2e.worker import WorkerProcess
-from tests.services import RedisServer, free_port
+from tests.services import RedisServer
 
 TAG = "web-latest-ze.example.com"
 INDEX = {"1": b"<!doctype html><title>v1</title>", "2": b"<!doctype html><title>v2</title>"}
@@ -453,33 +450,19 @@ async def _get(session: aiohttp.ClientSession, worker: WorkerProcess, host: str)
 @pytest.mark.e2e
 @pytest.mark.parametrize("kind", ["local", "s3-redis"])
 async def test_publish_is_served_by_every_worker_process_within_a_second(kind, tmp_path, request):
-    backend = backend_of(kind, tmp_path, request)
-    await create_bucket(backend)
-    cfg = load_config(backend)
-    env = process_env(backend)
-    workers = [WorkerProcess({**env, "ZE_WORKER_PORT": str(free_port())}, tmp_path) for _ in range(2)]
-    try:
-        await asyncio.gather(*(w.start() for w in workers))
-        async with contextlib.AsyncExitStack() as stack:
-            storage = await stack.enter_async_context(plugins.open_storage(cfg))
-            kv = await stack.enter_async_context(plugins.open_kv(cfg))
-            catalog = Catalog(kv, cfg.worker)
-            await deploy(catalog, storage, "1", files("1"), hosts=(TAG,))
-            await deploy(catalog, storage, "2", files("2"))
-            async with aiohttp.ClientSession() as session:
-                for worker in workers:  # both cache the tag host (TTL 5 s: only invalidation can switch it)
-                    assert await _get(session, worker, TAG) == INDEX["1"]
-                for build in ("2", "1"):  # a publish, then a rollback
-                    await catalog.publish(f"tester-{build}.{APP}", [TAG])
-                    published = time.monotonic()
-                    pending = list(workers)
-                    while pending:
-                        elapsed = time.monotonic() - published
-                        assert elapsed < SWITCH_S, f"build {build} not served by every worker within 1 s"
-                        pending = [w for w in pending if await _get(session, w, TAG) != INDEX[build]]
-                        await asyncio.sleep(0.01)
-    finally:
-        for worker in workers:
-            await worker.stop()
-        await remove_everything(backend)
+    async with worker_processes(kind, tmp_path, request) as (workers, catalog, storage):
+        await deploy(catalog, storage, "1", files("1"), hosts=(TAG,))
+        await deploy(catalog, storage, "2", files("2"))
+        async with aiohttp.ClientSession() as session:
+            for worker in workers:  # both cache the tag host (TTL 5 s: only invalidation can switch it)
+                assert await _get(session, worker, TAG) == INDEX["1"]
+            for build in ("2", "1"):  # a publish, then a rollback
+                await catalog.publish(f"tester-{build}.{APP}", [TAG])
+                published = time.monotonic()
+                pending = list(workers)
+                while pending:
+                    elapsed = time.monotonic() - published
+                    assert elapsed < SWITCH_S, f"build {build} not served by every worker within 1 s"
+                    pending = [w for w in pending if await _get(session, w, TAG) != INDEX[build]]
+                    await asyncio.sleep(0.01)
 

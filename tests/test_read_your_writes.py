@@ -6,7 +6,6 @@ counter)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import aiohttp
@@ -14,14 +13,9 @@ import jwt
 import pytest
 
 from zephyr_edge.domain import hostnames
-from zephyr_edge.catalog.records import Catalog
-from zephyr_edge import plugins
 
-from tests.serve_support import (
-    APP, SECRET, backend_of, create_bucket, deploy, load_config, process_env, remove_everything,
-)
+from tests.serve_support import APP, SECRET, deploy, worker_processes
 from tests.e2e.worker import WorkerProcess
-from tests.services import free_port
 from tests.upload_support import ingest_backend, snapshot_body, start_worker
 
 TAG_HOST = "app.example.com"
@@ -84,42 +78,28 @@ async def test_a_snapshot_upload_serves_its_version_host_at_once(backend, aiohtt
 @pytest.mark.e2e
 @pytest.mark.parametrize("kind", ["local", "s3-redis"])
 async def test_accepting_worker_at_once_and_the_other_within_a_second(kind, tmp_path, request):
-    backend = backend_of(kind, tmp_path, request)
-    await create_bucket(backend)
-    cfg = load_config(backend)
-    env = process_env(backend)
     pages = {b: f"<!doctype html><title>v{b}</title>".encode() for b in ("1", "2")}
     token = jwt.encode({"application_uid": APP, "can_write": True, "exp": int(time.time()) + 600}, SECRET, "HS256")
-    workers = [WorkerProcess({**env, "ZE_WORKER_PORT": str(free_port())}, tmp_path) for _ in range(2)]
-    accepting, other = workers
-    try:
-        await asyncio.gather(*(w.start() for w in workers))
-        async with contextlib.AsyncExitStack() as stack:
-            storage = await stack.enter_async_context(plugins.open_storage(cfg))
-            kv = await stack.enter_async_context(plugins.open_kv(cfg))
-            catalog = Catalog(kv, cfg.worker)
-            for build, page in pages.items():
-                await deploy(catalog, storage, build, {"index.html": page}, hosts=(TAG_HOST,) if build == "1" else ())
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+    async with worker_processes(kind, tmp_path, request) as (workers, catalog, storage):
+        accepting, other = workers
+        for build, page in pages.items():
+            await deploy(catalog, storage, build, {"index.html": page}, hosts=(TAG_HOST,) if build == "1" else ())
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
 
-                async def index(worker: WorkerProcess) -> bytes:
-                    async with session.get(worker.url + "/", headers={"Host": TAG_HOST}) as resp:
-                        return await resp.read()
+            async def index(worker: WorkerProcess) -> bytes:
+                async with session.get(worker.url + "/", headers={"Host": TAG_HOST}) as resp:
+                    return await resp.read()
 
-                for worker in workers:  # both cache the host (TTL 5 s)
-                    assert await index(worker) == pages["1"]
-                for round_ in range(6):
-                    build = "2" if round_ % 2 == 0 else "1"
-                    body = publish_body(f"tester-{build}.{APP}", [TAG_HOST])
-                    async with session.post(accepting.url + "/upload", params={"type": "envs"}, json=body,
-                                            headers={"can_write_jwt": token}) as resp:
-                        assert resp.status == 200, await resp.text()
-                    published = time.monotonic()
-                    assert await index(accepting) == pages[build], f"round {round_}: accepting worker served stale"
-                    while await index(other) != pages[build]:
-                        assert time.monotonic() - published < SWITCH_S, f"round {round_}: other worker too slow"
-                        await asyncio.sleep(0.01)
-    finally:
-        for worker in workers:
-            await worker.stop()
-        await remove_everything(backend)
+            for worker in workers:  # both cache the host (TTL 5 s)
+                assert await index(worker) == pages["1"]
+            for round_ in range(6):
+                build = "2" if round_ % 2 == 0 else "1"
+                body = publish_body(f"tester-{build}.{APP}", [TAG_HOST])
+                async with session.post(accepting.url + "/upload", params={"type": "envs"}, json=body,
+                                        headers={"can_write_jwt": token}) as resp:
+                    assert resp.status == 200, await resp.text()
+                published = time.monotonic()
+                assert await index(accepting) == pages[build], f"round {round_}: accepting worker served stale"
+                while await index(other) != pages[build]:
+                    assert time.monotonic() - published < SWITCH_S, f"round {round_}: other worker too slow"
+                    await asyncio.sleep(0.01)

@@ -248,12 +248,14 @@ class Catalog:
         for _ in range(STAMPED_WRITE_ATTEMPTS):
             values = dict(zip(keys, await self.kv.get_many(keys)))
             for host, key in zip(hosts, live_keys):
+                live = _live(values[key])  # parsed once for both checks
+                serving_id = (live.snapshot_id or None) if live else None
                 problem = hostnames.version_host_conflict(
-                    host, snapshot.snapshot_id, _snapshot_id(values[key]), snapshot.application_uid
+                    host, snapshot.snapshot_id, serving_id, snapshot.application_uid
                 )
                 if problem:
                     raise VersionHostTaken(problem)
-                serving = _owner(values[key])
+                serving = (live.application_uid or None) if live else None
                 if owner is not None and serving and serving != owner:
                     raise Forbidden(f"host {host!r} serves application {serving!r}")
             if check is not None:
@@ -360,24 +362,20 @@ class Catalog:
         return snapshot
 
 
+def _live(raw: bytes | None) -> Snapshot | None:
+    """A stored snapshot or live record (None: absent or unreadable)."""
+    if raw is None:
+        return None
+    try:
+        return load_live_payload(raw)
+    except InvalidLivePayload:
+        return None
+
+
 def _owner(raw: bytes | None) -> str | None:
     """The application of a stored snapshot or live record (None: absent or unreadable)."""
-    if raw is None:
-        return None
-    try:
-        return load_live_payload(raw).application_uid or None
-    except InvalidLivePayload:
-        return None
-
-
-def _snapshot_id(raw: bytes | None) -> str | None:
-    """The snapshot id of a live record (None: absent or unreadable)."""
-    if raw is None:
-        return None
-    try:
-        return load_live_payload(raw).snapshot_id or None
-    except InvalidLivePayload:
-        return None
+    live = _live(raw)
+    return (live.application_uid or None) if live else None
 
 
 def _normalized(hosts: Iterable[str], field: str) -> list[str]:
